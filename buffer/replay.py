@@ -1,0 +1,116 @@
+"""The replay buffer's policy: admission tickets, the staleness bound, eviction and backpressure.
+
+This is the one place that enforces `max_lag` (STYLE.md point 3). It does so twice:
+
+* **Before generation, by tickets.** A worker must take a ticket before it starts a group. Tickets
+  are numbered in order; ticket k belongs to learner step `k // groups_per_step`, and is only
+  handed out once the rollout workers hold weights of version >= `step - max_lag`. So a group is
+  never *started* with weights too old for the step that will train on it, and nothing is
+  generated only to be thrown away. With `max_lag = 0` the workers generate exactly one step's
+  groups with the learner's current weights and then wait: synchronous on-policy training, with
+  the same prompts in the same order as the reference loop.
+* **At hand-out, by filtering.** `take_batch` evicts (and counts) any group whose oldest token is
+  older than `learner_version - max_lag`, whatever the reason it got there.
+
+Backpressure: tickets also stop when `capacity_groups` groups are waiting or in flight, so a slow
+learner holds the workers back instead of growing memory without bound.
+
+Batches are the `groups_per_step` waiting groups with the lowest tickets (oldest first), so the
+order of training does not depend on which worker finished first.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from slipstream.buffer.records import Group
+
+
+@dataclass(frozen=True)
+class Eviction:
+    group_id: str
+    ticket: int
+    reason: str               # "stale"
+    oldest_version: int
+    learner_version: int
+
+
+@dataclass
+class ReplayBuffer:
+    groups_per_step: int
+    max_lag: int
+    capacity_groups: int
+    rollout_version: int = 0                 # the weights the rollout workers hold
+    next_ticket: int = 0
+    waiting: dict[int, Group] = field(default_factory=dict)   # ticket -> finished group
+    in_flight: set[int] = field(default_factory=set)          # tickets handed out, not yet put
+    evictions: list[Eviction] = field(default_factory=list)
+    eviction_counts: Counter = field(default_factory=Counter)
+    groups_put: int = 0
+    groups_taken: int = 0
+
+    def __post_init__(self) -> None:
+        if self.capacity_groups < self.groups_per_step:
+            raise ValueError(f"buffer capacity ({self.capacity_groups} groups) is smaller than "
+                             f"one step's batch ({self.groups_per_step} groups)")
+
+    def ticket_step(self, ticket: int) -> int:
+        """The learner step that will train on `ticket`'s group. Evicted groups never train, so
+        they do not count: later tickets move up instead of waiting for a step that never comes."""
+        return (ticket - sum(self.eviction_counts.values())) // self.groups_per_step
+
+    def try_ticket(self) -> int | None:
+        """The next ticket if the staleness bound and the capacity allow starting it, else None."""
+        if len(self.waiting) + len(self.in_flight) >= self.capacity_groups:
+            return None
+        if self.ticket_step(self.next_ticket) - self.max_lag > self.rollout_version:
+            return None
+        ticket = self.next_ticket
+        self.next_ticket += 1
+        self.in_flight.add(ticket)
+        return ticket
+
+    def put(self, ticket: int, group: Group) -> None:
+        if ticket not in self.in_flight:
+            raise ValueError(f"group {group.group_id} came back with unknown ticket {ticket}")
+        self.in_flight.discard(ticket)
+        self.waiting[ticket] = group
+        self.groups_put += 1
+
+    def set_rollout_version(self, version: int) -> None:
+        self.rollout_version = version
+
+    def evict_stale(self, learner_version: int) -> list[Eviction]:
+        """Drop waiting groups whose oldest token is beyond the staleness bound."""
+        floor = learner_version - self.max_lag
+        stale = [t for t, g in self.waiting.items() if g.oldest_version < floor]
+        evicted = []
+        for ticket in sorted(stale):
+            group = self.waiting.pop(ticket)
+            eviction = Eviction(group.group_id, ticket, "stale", group.oldest_version,
+                                learner_version)
+            evicted.append(eviction)
+            self.eviction_counts[eviction.reason] += 1
+        self.evictions.extend(evicted)
+        return evicted
+
+    def take_batch(self, learner_version: int) -> list[Group] | None:
+        """`groups_per_step` groups within the staleness bound, lowest tickets first, or None."""
+        self.evict_stale(learner_version)
+        if len(self.waiting) < self.groups_per_step:
+            return None
+        tickets = sorted(self.waiting)[: self.groups_per_step]
+        self.groups_taken += len(tickets)
+        return [self.waiting.pop(t) for t in tickets]
+
+    def stats(self, learner_version: int) -> dict[str, float]:
+        ages = [learner_version - g.oldest_version for g in self.waiting.values()]
+        return {
+            "buffer/waiting_groups": len(self.waiting),
+            "buffer/in_flight_groups": len(self.in_flight),
+            "buffer/evicted_stale": self.eviction_counts["stale"],
+            "buffer/groups_put": self.groups_put,
+            "buffer/groups_taken": self.groups_taken,
+            "buffer/max_age": max(ages, default=0),
+        }

@@ -1,0 +1,41 @@
+"""One logger with namespaced keys (DESIGN.md's metric names), and the batch-level metrics that
+both the pipeline and the reference loop compute the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from slipstream.buffer.records import Group
+
+
+class TensorBoardLogger:
+    """`log(metrics, step)` / `close()`; events are flushed every step so curves are live."""
+
+    def __init__(self, directory: str | Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir=str(directory), flush_secs=5)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            self._writer.add_scalar(key, float(value), global_step=step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def batch_metrics(groups: Sequence[Group]) -> dict[str, float]:
+    """Reward statistics of the samples trained on at one step."""
+    samples = [s for g in groups for s in g.samples]
+    rewards = [s.reward for s in samples]
+    zero_variance = sum(len(set(g.rewards_G)) == 1 for g in groups)
+    lengths = [len(s.completion_ids_T) for s in samples]
+    return {
+        "reward/mean": sum(rewards) / len(rewards),
+        "reward/errors": sum(s.reward_error is not None for s in samples),
+        "reward/zero_variance_groups": zero_variance,
+        "rollout/completion_len_mean": sum(lengths) / len(lengths),
+        "rollout/truncated_frac": sum(s.finish_reason == "length" for s in samples) / len(samples),
+    }

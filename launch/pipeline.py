@@ -1,0 +1,187 @@
+"""The controller: starts Ray and the actors, drives the learner, moves weights, stops cleanly.
+
+    envs ── prompt(ticket) ──▶ RolloutWorker × N ── Group ──▶ ReplayBuffer ── batch ──▶ Learner
+                               (vLLM AsyncLLM,                (Ray actor:                (DeepSpeed,
+                                reward runner)                 tickets, max_lag,          HF causal LM,
+                                     ▲                         eviction, snapshots)       losses)
+                                     └──── weights v+1: tmpfs file, loaded in place ◀──────┘
+
+Loops and what unblocks them:
+* each worker, `groups_in_flight` times over: waits for a ticket (the buffer grants one when the
+  staleness bound and capacity allow), generates and scores a group, puts it in the buffer;
+* the learner (driven from here): waits for a batch of `groups_per_step` groups within the
+  staleness bound, trains one step, and every `sync_every` steps publishes its weights;
+* a publish pauses each engine (in-flight requests kept), loads the weights, bumps the version,
+  resumes, and reads a fingerprint back; only then does the buffer learn the new rollout version,
+  which releases the tickets of later steps.
+
+The run stops when `steps` is reached, on Ctrl-C, or when any actor fails: the failing actor's
+error is what the user sees; every actor is shut down and every file flushed on the way out.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from tqdm import tqdm
+
+from slipstream.buffer.actor import ReplayBufferActor
+from slipstream.errors import SlipstreamError
+from slipstream.launch.config import RunConfig
+from slipstream.launch.metrics import batch_metrics
+from slipstream.launch.models import resolve_model
+from slipstream.launch.run_dir import (RunDirectory, engine_settings, group_settings,
+                                       learner_settings, reward_summary)
+from slipstream.rollout.weight_transfer import fingerprint_names_for
+from slipstream.rollout.worker import RolloutWorker, WorkerSpec
+from slipstream.trainer.learner import Learner
+
+_POLL_S = 1.0
+
+
+@dataclass
+class Actors:
+    buffer: ray.actor.ActorHandle
+    learner: ray.actor.ActorHandle
+    workers: list[ray.actor.ActorHandle]
+    runs: list[ray.ObjectRef]            # each worker's run() call: ready only if it ends
+
+
+def _actor_error(error: Exception) -> SlipstreamError:
+    cause = getattr(error, "cause", None) or error
+    return SlipstreamError(f"an actor failed: {type(cause).__name__}: {cause}".splitlines()[0])
+
+
+def _await(ref: ray.ObjectRef, actors: Actors, timeout_s: float | None = None,
+           what: str = "call"):
+    """ray.get(ref), but fail fast if a worker's run loop ends meanwhile (its error wins), and
+    fail if `timeout_s` passes before the result is there."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        wait_s = _POLL_S if deadline is None else max(0.0, min(_POLL_S, deadline - time.monotonic()))
+        ready, _ = ray.wait([ref, *actors.runs], num_returns=1, timeout=wait_s)
+        if deadline is not None and time.monotonic() > deadline:
+            raise SlipstreamError(f"{what} did not finish within {timeout_s:g}s")
+        if ref in ready:
+            try:
+                return ray.get(ref)
+            except (RayTaskError, RayActorError) as error:
+                raise _actor_error(error) from error
+        for run in ready:
+            try:
+                ray.get(run)
+            except (RayTaskError, RayActorError) as error:
+                raise _actor_error(error) from error
+            raise SlipstreamError("a rollout worker stopped generating unexpectedly")
+
+
+def _start_actors(config: RunConfig, model_path: str, run: RunDirectory) -> Actors:
+    buffer = ReplayBufferActor.remote(config.trainer.groups_per_step, config.buffer.max_lag,
+                                      config.buffer.capacity_groups, str(run.buffer))
+    learner = ray.remote(Learner).options(num_cpus=0).remote(
+        learner_settings(config, model_path, run.path))
+    workers = []
+    for worker_id in range(config.rollout.num_workers):
+        spec = WorkerSpec(engine=engine_settings(config, model_path),
+                          group=group_settings(config, worker_id), env=config.env,
+                          reward=config.reward, groups_in_flight=config.rollout.groups_in_flight)
+        workers.append(RolloutWorker.options(num_cpus=config.rollout.cpus_per_worker)
+                       .remote(spec, buffer))
+    actors = Actors(buffer, learner, workers, runs=[])
+    ready = [w.start.remote() for w in workers] + [learner.parameter_names.remote()]
+    for ref in ready:
+        _await(ref, actors, what="starting the actors")
+    actors.runs = [w.run.remote() for w in workers]
+    return actors
+
+
+def _sync_weights(actors: Actors, config: RunConfig, names: list[str]) -> dict[str, float]:
+    """Publish, load into every worker, verify the fingerprint, then release newer tickets."""
+    started = time.perf_counter()
+    weights = _await(actors.learner.publish.remote(), actors, what="publishing weights")
+    refs = [w.update_weights.remote(weights.path, weights.version, names) for w in actors.workers]
+    timeout = config.trainer.sync_timeout_s
+    results = [_await(ref, actors, timeout, what=f"weight sync to version {weights.version} "
+                      f"(trainer.sync_timeout_s)") for ref in refs]
+    for worker_id, result in enumerate(results):
+        if result["fingerprint"] != weights.fingerprint:
+            raise SlipstreamError(
+                f"weight sync to version {weights.version} did not land on worker {worker_id}: "
+                f"fingerprint {result['fingerprint']} != published {weights.fingerprint}")
+    _await(actors.buffer.set_rollout_version.remote(weights.version), actors)
+    return {"timing/weight_sync_s": max(r["seconds"] for r in results),
+            "timing/publish_s": time.perf_counter() - started,
+            "rollout/weight_version": weights.version}
+
+
+def _shutdown(actors: Actors | None) -> None:
+    if actors is None:
+        return
+    try:
+        ray.get(actors.buffer.close.remote(), timeout=10)
+        ray.get([w.shutdown.remote() for w in actors.workers], timeout=30)
+    except (RayTaskError, RayActorError, GetTimeoutError):
+        pass  # the actor is already gone or stuck; ray.shutdown() below kills it either way
+
+
+def _train(config: RunConfig, actors: Actors, run: RunDirectory) -> None:
+    names = fingerprint_names_for(_await(actors.learner.parameter_names.remote(), actors))
+    progress = tqdm(total=config.steps, desc="slipstream", disable=not config.progress,
+                    unit="step", dynamic_ncols=True)
+    last_tokens, last_time = 0, time.monotonic()
+    last_sync: dict[str, float] = {"rollout/weight_version": 0}
+    for step in range(config.steps):
+        groups = None
+        while groups is None:
+            groups = _await(actors.buffer.take_batch.remote(step, 30.0), actors)
+        result = _await(actors.learner.train_step.remote(groups), actors, what="learner step")
+        stats = [_await(w.stats.remote(), actors) for w in actors.workers]
+        tokens, now = sum(s["tokens"] for s in stats), time.monotonic()
+        extra = {**batch_metrics(groups), **last_sync,
+                 "throughput/rollout_tokens_per_s": (tokens - last_tokens) / (now - last_time)}
+        last_tokens, last_time = tokens, now
+        extra |= _await(actors.buffer.stats.remote(result.version), actors)
+        # Recorded before the publish, so a failing sync loses nothing; each step's record holds
+        # the last publish completed before it.
+        metrics = run.record(result, extra)
+        if result.step % config.buffer.snapshot_every == 0:
+            _await(actors.buffer.snapshot.remote(result.step, result.version), actors)
+        if config.trainer.checkpoint_every and result.step % config.trainer.checkpoint_every == 0:
+            _await(actors.learner.save_checkpoint.remote(str(run.checkpoints)), actors)
+        if result.step % config.trainer.sync_every == 0 and result.step < config.steps:
+            last_sync = _sync_weights(actors, config, names)
+        progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}",
+                             lag=f"{metrics['staleness/mean']:.2f}",
+                             tok_s=f"{metrics['throughput/rollout_tokens_per_s']:.0f}")
+        progress.update(1)
+    progress.close()
+    _await(actors.buffer.snapshot.remote(config.steps, config.steps), actors)
+    _await(actors.learner.save_checkpoint.remote(str(run.checkpoints)), actors)
+    _await(actors.learner.save_final.remote(str(run.final)), actors)
+
+
+def run(config: RunConfig) -> RunDirectory:
+    """Run the asynchronous pipeline to `config.steps` learner steps; returns the run directory
+    (its `history` holds every step's metrics)."""
+    model_path = resolve_model(config.model.path)
+    run_dir = RunDirectory(config)
+    # vLLM's INFO lines would drown the progress bar; its warnings and errors still show.
+    env_vars = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+                "TOKENIZERS_PARALLELISM": "false"}
+    ray.init(num_cpus=max(os.cpu_count() or 1, 2) + config.rollout.num_workers,
+             include_dashboard=False, log_to_driver=True, configure_logging=False,
+             runtime_env={"env_vars": env_vars})
+    actors = None
+    try:
+        actors = _start_actors(config, model_path, run_dir)
+        _train(config, actors, run_dir)
+    finally:
+        _shutdown(actors)
+        ray.shutdown()
+        run_dir.close()
+    print(f"slipstream: {reward_summary(run_dir.history)}; run directory {run_dir.path}")
+    return run_dir

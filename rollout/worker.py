@@ -1,0 +1,96 @@
+"""The rollout worker: a Ray actor that owns one vLLM `AsyncLLM` and never stops generating.
+
+    run():  groups_in_flight loops, each:  ticket <- buffer.acquire_ticket()   (waits: backpressure,
+                                                                                staleness bound)
+                                           group  <- generate_group(env.prompt(ticket))
+                                           buffer.put(ticket, group)
+    update_weights(path, version):  pause (in-flight requests kept) -> load -> version -> resume
+
+Both run on the actor's one event loop, so a weight update lands between two engine steps of the
+groups in flight; their tokens after the update carry the new version. The prompt of a group is
+`env.prompt(ticket)`, so which worker runs a ticket does not change what is generated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import ray
+
+from slipstream.envs import EnvConfig, build_env
+from slipstream.rewards import RewardConfig, RewardRunner, build_reward
+from slipstream.rollout.engine import EngineSettings, VLLMEngine
+from slipstream.rollout.group import GroupSettings, generate_group
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    engine: EngineSettings
+    group: GroupSettings
+    env: EnvConfig
+    reward: RewardConfig
+    groups_in_flight: int
+
+
+@ray.remote
+class RolloutWorker:
+    def __init__(self, spec: WorkerSpec, buffer) -> None:
+        self._spec = spec
+        self._buffer = buffer
+        self._engine = VLLMEngine(spec.engine)
+        self._env = build_env(spec.env, seed=spec.group.seed)
+        self._rewards = RewardRunner(build_reward(spec.reward), timeout_s=spec.reward.timeout_s)
+        self._tokenizer = None
+        self._tokens_generated = 0
+        self._groups_done = 0
+        self._reward_errors = 0
+        self._started_at = 0.0
+
+    async def start(self) -> None:
+        from transformers import AutoTokenizer
+
+        await self._engine.start()
+        self._tokenizer = AutoTokenizer.from_pretrained(self._spec.engine.model)
+        self._started_at = time.monotonic()
+
+    async def run(self) -> None:
+        """Generate until the buffer closes. An exception here ends the run (the controller
+        watches this call), after the other loops are cancelled."""
+        loops = [asyncio.create_task(self._loop()) for _ in range(self._spec.groups_in_flight)]
+        try:
+            await asyncio.gather(*loops)
+        finally:
+            for task in loops:
+                task.cancel()
+
+    async def _loop(self) -> None:
+        while True:
+            ticket = await self._buffer.acquire_ticket.remote()
+            if ticket is None:
+                return
+            group = await generate_group(self._engine, self._tokenizer, self._rewards,
+                                         self._env.prompt(ticket), ticket, self._spec.group)
+            self._tokens_generated += group.completion_tokens
+            self._groups_done += 1
+            self._reward_errors += sum(s.reward_error is not None for s in group.samples)
+            await self._buffer.put.remote(ticket, group)
+
+    async def update_weights(self, weights_path: str, version: int,
+                             fingerprint_names: list[str]) -> dict:
+        """Load published weights in place; return the pause-to-resume seconds and the
+        fingerprint of a few tensors read back from the engine (the learner compares it)."""
+        seconds = await self._engine.update_weights(weights_path, version)
+        fingerprint = await self._engine.fingerprint(fingerprint_names)
+        return {"seconds": seconds, "fingerprint": fingerprint, "version": version}
+
+    async def stats(self) -> dict[str, float]:
+        elapsed = max(time.monotonic() - self._started_at, 1e-9)
+        return {"tokens": self._tokens_generated, "groups": self._groups_done,
+                "reward_errors": self._reward_errors, "elapsed_s": elapsed,
+                "weight_version": self._engine.weight_version}
+
+    async def shutdown(self) -> None:
+        self._rewards.close()
+        await self._engine.shutdown()

@@ -1,0 +1,59 @@
+"""Config parsing: dotted overrides, script defaults, one-line errors naming the field."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from slipstream.errors import SlipstreamError
+from slipstream.launch.cli import parse_config
+from slipstream.launch.config import RunConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_validate_and_round_trip_through_json():
+    config = RunConfig()
+    assert RunConfig.model_validate_json(config.model_dump_json()) == config
+
+
+def test_dotted_overrides_beat_script_defaults():
+    config = parse_config(["--steps", "3", "--output-dir", "D", "--trainer.lr", "3e-6",
+                           "--trainer.loss.clip-high", "0.3"],
+                          steps=50, trainer={"lr": 1e-5, "groups_per_step": 4})
+    assert (config.steps, config.output_dir, config.trainer.lr) == (3, "D", 3e-6)
+    assert config.trainer.groups_per_step == 4 and config.trainer.loss.clip_high == 0.3
+
+
+def test_switching_env_kind_replaces_the_branch():
+    config = parse_config(["--env.kind", "jsonl"], env={"kind": "arithmetic", "digits": 3})
+    assert config.env.kind == "jsonl"
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--trainer.lr", "abc"], "trainer.lr"),
+    (["--trainer.lr", "-1"], "trainer.lr"),
+    (["--steps", "0"], "steps"),
+    (["--buffer.max-lag", "-1"], "buffer.max_lag"),
+    (["--env.digits", "0"], "env.arithmetic.digits"),
+    (["--trainer.zero-stage", "3"], "trainer.zero_stage"),
+    (["--trainer.micro-batch-size", "7"], "micro_batch_size (7) must divide"),
+    (["--trainer.sync-every", "3", "--buffer.max-lag", "1"], "buffer.max_lag (1) must be"),
+    (["--no-such-flag", "1"], "unrecognized arguments: --no-such-flag"),
+])
+def test_bad_values_name_the_field(argv, fragment):
+    with pytest.raises(SlipstreamError) as error:
+        parse_config(argv)
+    message = str(error.value)
+    assert fragment in message and "\n" not in message
+
+
+def test_cli_prints_one_line_and_no_traceback():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "quickstart.py"), "--trainer.lr", "abc"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("slipstream: invalid config: trainer.lr:")
+    assert "Traceback" not in result.stderr

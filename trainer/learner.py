@@ -1,0 +1,182 @@
+"""The learner: DeepSpeed around a Hugging Face causal LM.
+
+One `train_step(groups)` is: group-normalised advantages -> for each micro-batch, recompute the
+trainer's logprobs of the sampled tokens, compute the configured loss, backward -> one optimizer
+step. DeepSpeed owns bf16 with fp32 master weights (the optimizer's partitions), ZeRO, gradient
+clipping and checkpoints; we tell it the number of micro-batches as its accumulation steps and
+scale each micro-batch's loss ourselves (`scale_wrt_gas=False`), because the loss functions
+already normalise by the whole step's token count.
+
+The same class runs inside the pipeline (as a Ray actor) and in the synchronous reference loop
+(in-process), so both train identically.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from slipstream.buffer.records import Group, Sample, TrainedSample
+from slipstream.trainer.advantages import group_advantages
+from slipstream.trainer.logprobs import GapAccumulator, collate, token_logprobs
+from slipstream.trainer.losses import LossConfig, LossInputs, compute_loss
+from slipstream.trainer.weight_publish import WeightsFile, remove_old_weight_files, write_weights_file
+
+
+@dataclass(frozen=True)
+class LearnerSettings:
+    model_path: str
+    dtype: str                   # "bfloat16" | "float32"
+    loss: LossConfig
+    samples_per_step: int
+    micro_batch_size: int
+    lr: float
+    warmup_steps: int
+    weight_decay: float
+    grad_clip: float
+    zero_stage: int
+    threads: int
+    temperature: float
+    reference_model: bool
+    seed: int
+    weights_dir: str             # where published weight files go (tmpfs)
+    fingerprint_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: int
+    version: int                 # learner version after the step
+    metrics: dict[str, float]
+    trained: tuple[TrainedSample, ...]
+
+
+def _init_single_process_group() -> None:
+    """DeepSpeed wants torch.distributed even for one process; give it a world of one."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(key, value)
+
+
+class Learner:
+    def __init__(self, settings: LearnerSettings) -> None:
+        import deepspeed
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.settings = settings
+        torch.set_num_threads(settings.threads)
+        torch.manual_seed(settings.seed)
+        dtype = getattr(torch, settings.dtype)
+        self.tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id
+        model = AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=dtype)
+        self.reference = None
+        if settings.reference_model:
+            self.reference = AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=dtype)
+            self.reference.requires_grad_(False).eval()
+        _init_single_process_group()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr,
+                                      weight_decay=settings.weight_decay)
+        warmup = settings.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler,
+            config=self._deepspeed_config(), dist_init_required=True)
+        self.version = 0
+        self.step = 0
+
+    def _deepspeed_config(self) -> dict:
+        s = self.settings
+        return {
+            "train_micro_batch_size_per_gpu": s.micro_batch_size,
+            "gradient_accumulation_steps": s.samples_per_step // s.micro_batch_size,
+            "gradient_clipping": s.grad_clip,
+            "zero_optimization": {"stage": s.zero_stage},
+            "bf16": {"enabled": s.dtype == "bfloat16"},
+            "steps_per_print": 2**31 - 1,
+        }
+
+    def train_step(self, groups: list[Group]) -> StepResult:
+        started = time.perf_counter()
+        samples: list[Sample] = [s for g in groups for s in g.samples]
+        if len(samples) != self.settings.samples_per_step:
+            raise ValueError(f"batch of {len(samples)} samples, expected "
+                             f"{self.settings.samples_per_step}")
+        advantages = [a for g in groups for a in group_advantages(g.rewards_G)]
+        total_tokens = sum(len(s.completion_ids_T) for s in samples)
+        self.engine.train()
+        gap = GapAccumulator(self.version)
+        sums: dict[str, float] = {"loss/total": 0.0, "entropy/mean": 0.0}
+        trainer_logprobs: list[tuple[float, ...]] = []
+        micro = self.settings.micro_batch_size
+        for start in range(0, len(samples), micro):
+            chunk = samples[start:start + micro]
+            batch = collate(chunk, self.pad_id)
+            logprobs, entropy = token_logprobs(self.engine, batch, self.settings.temperature,
+                                               with_entropy=True)
+            ref = None
+            if self.reference is not None:
+                with torch.no_grad():
+                    ref, _ = token_logprobs(self.reference, batch, self.settings.temperature)
+            out = compute_loss(LossInputs(
+                logprobs_B_T=logprobs, sampler_logprobs_B_T=batch.sampler_logprobs_B_T,
+                advantages_B=torch.tensor(advantages[start:start + micro], dtype=torch.float32),
+                mask_B_T=batch.mask_B_T, ref_logprobs_B_T=ref, total_tokens=total_tokens,
+                total_sequences=len(samples)), self.settings.loss)
+            self.engine.backward(out.loss, scale_wrt_gas=False)
+            self.engine.step()
+            sums["loss/total"] += float(out.loss.detach())
+            sums["entropy/mean"] += float(entropy[batch.mask_B_T].sum()) / max(total_tokens, 1)
+            for key, value in out.metrics.items():
+                sums[key] = max(sums.get(key, value), value) if key.endswith("_max") else \
+                    sums.get(key, 0.0) + value
+            gap.add(logprobs, batch)
+            trainer_logprobs.extend(
+                tuple(row[: len(s.completion_ids_T)].tolist())
+                for row, s in zip(logprobs.detach(), chunk))
+        trained = tuple(TrainedSample(s, self.step, self.version, a, t)
+                        for s, a, t in zip(samples, advantages, trainer_logprobs))
+        self.version += 1
+        self.step += 1
+        elapsed = time.perf_counter() - started
+        metrics = {**sums, **gap.metrics(),
+                   "optim/grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
+                   "optim/lr": self.scheduler.get_last_lr()[0],
+                   "timing/step_s": elapsed,
+                   "throughput/train_tokens_per_s": sum(s.num_tokens for s in samples) / elapsed}
+        return StepResult(self.step, self.version, metrics, trained)
+
+    def publish(self) -> WeightsFile:
+        """Write the current weights as one packed file on tmpfs for the rollout workers."""
+        named = ((name, p.detach()) for name, p in self.engine.module.named_parameters())
+        weights = write_weights_file(named, self.settings.weights_dir, self.version,
+                                     self.settings.fingerprint_names)
+        remove_old_weight_files(self.settings.weights_dir, keep_version=self.version)
+        return weights
+
+    def parameter_names(self) -> list[str]:
+        return [name for name, _ in self.engine.module.named_parameters()]
+
+    def save_checkpoint(self, directory: str) -> str:
+        tag = f"step-{self.step:06d}"
+        self.engine.save_checkpoint(directory, tag=tag,
+                                    client_state={"version": self.version, "step": self.step})
+        return str(Path(directory) / tag)
+
+    def save_final(self, directory: str) -> str:
+        """The policy in Hugging Face format (loadable by vLLM and transformers)."""
+        self.engine.module.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        return directory

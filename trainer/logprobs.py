@@ -1,0 +1,117 @@
+"""Trainer-side logprobs of sampled tokens, and the sampler-against-trainer gap metrics.
+
+A micro-batch is right-padded `prompt + completion` sequences. The completion token at position
+`P + j` is predicted by the logits at `P + j - 1`, so we gather exactly those rows before the
+log-softmax (the full-vocabulary softmax is the expensive part; prompt rows are never needed).
+Logits are divided by the sampling temperature and the log-softmax runs in float32: vLLM reports
+temperature-scaled logprobs (`logprobs_mode="processed_logprobs"`), so both sides compare the
+same distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from slipstream.buffer.records import Sample
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    input_ids_B_L: torch.Tensor
+    attention_mask_B_L: torch.Tensor
+    positions_B_T: torch.Tensor       # logits row that predicts each completion token
+    targets_B_T: torch.Tensor         # the completion token ids
+    mask_B_T: torch.Tensor            # True on real completion tokens
+    sampler_logprobs_B_T: torch.Tensor
+    versions_B_T: torch.Tensor
+
+
+def collate(samples: Sequence[Sample], pad_id: int) -> MicroBatch:
+    lengths = [s.num_tokens for s in samples]
+    max_len, max_comp = max(lengths), max(len(s.completion_ids_T) for s in samples)
+    n = len(samples)
+    input_ids = torch.full((n, max_len), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, max_len), dtype=torch.long)
+    positions = torch.zeros((n, max_comp), dtype=torch.long)
+    targets = torch.zeros((n, max_comp), dtype=torch.long)
+    mask = torch.zeros((n, max_comp), dtype=torch.bool)
+    sampler = torch.zeros((n, max_comp), dtype=torch.float32)
+    versions = torch.zeros((n, max_comp), dtype=torch.long)
+    for b, s in enumerate(samples):
+        p, c = len(s.prompt_ids), len(s.completion_ids_T)
+        input_ids[b, : p + c] = torch.tensor(s.prompt_ids + s.completion_ids_T)
+        attention[b, : p + c] = 1
+        positions[b, :c] = torch.arange(p - 1, p + c - 1)
+        targets[b, :c] = torch.tensor(s.completion_ids_T)
+        mask[b, :c] = True
+        sampler[b, :c] = torch.tensor(s.sampler_logprobs_T, dtype=torch.float32)
+        versions[b, :c] = torch.tensor(s.versions_T)
+    return MicroBatch(input_ids, attention, positions, targets, mask, sampler, versions)
+
+
+def token_logprobs(model, batch: MicroBatch, temperature: float,
+                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logprobs_B_T in float32, entropy_B_T or None) of the completion tokens under `model`."""
+    logits = model(input_ids=batch.input_ids_B_L, attention_mask=batch.attention_mask_B_L,
+                   use_cache=False).logits
+    vocab = logits.shape[-1]
+    rows = logits.gather(1, batch.positions_B_T.unsqueeze(-1).expand(-1, -1, vocab))
+    logp_all = torch.log_softmax(rows.float() / temperature, dim=-1)
+    logprobs = logp_all.gather(-1, batch.targets_B_T.unsqueeze(-1)).squeeze(-1)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logprobs, entropy
+
+
+def k3(log_ratio: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(p || q) per token, with log_ratio = log q - log p, x ~ p."""
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
+@dataclass
+class GapAccumulator:
+    """Sampler-against-trainer gap over a step, split by whether a token's weights are the ones
+    the learner holds (numerical mismatch) or older ones (staleness)."""
+
+    learner_version: int
+    mismatch_tokens: int = 0
+    mismatch_kl_sum: float = 0.0
+    mismatch_max_abs: float = 0.0
+    stale_tokens: int = 0
+    stale_kl_sum: float = 0.0
+    staleness_sum: float = 0.0
+    staleness_max: int = 0
+    total_tokens: int = 0
+
+    def add(self, trainer_B_T: torch.Tensor, batch: MicroBatch) -> None:
+        trainer = trainer_B_T.detach()
+        kl = k3(trainer - batch.sampler_logprobs_B_T)          # KL(sampler || trainer)
+        same = batch.mask_B_T & (batch.versions_B_T == self.learner_version)
+        older = batch.mask_B_T & (batch.versions_B_T < self.learner_version)
+        self.mismatch_tokens += int(same.sum())
+        self.mismatch_kl_sum += float(kl[same].sum())
+        if same.any():
+            gap = (trainer - batch.sampler_logprobs_B_T).abs()[same].max()
+            self.mismatch_max_abs = max(self.mismatch_max_abs, float(gap))
+        self.stale_tokens += int(older.sum())
+        self.stale_kl_sum += float(kl[older].sum())
+        lag = (self.learner_version - batch.versions_B_T)[batch.mask_B_T]
+        self.total_tokens += int(batch.mask_B_T.sum())
+        self.staleness_sum += float(lag.sum())
+        self.staleness_max = max(self.staleness_max, int(lag.max()) if lag.numel() else 0)
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "mismatch/kl": self.mismatch_kl_sum / max(self.mismatch_tokens, 1),
+            "mismatch/max_abs_logprob_diff": self.mismatch_max_abs,
+            "mismatch/tokens": self.mismatch_tokens,
+            "staleness/kl": self.stale_kl_sum / max(self.stale_tokens, 1),
+            "staleness/tokens": self.stale_tokens,
+            "staleness/mean": self.staleness_sum / max(self.total_tokens, 1),
+            "staleness/max": self.staleness_max,
+        }
