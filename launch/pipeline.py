@@ -22,6 +22,7 @@ error is what the user sees; every actor is shut down and every file flushed on 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -30,13 +31,14 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from tqdm import tqdm
 
 from slipstream.buffer.actor import ReplayBufferActor
+from slipstream.envs import build_env
 from slipstream.errors import SlipstreamError
 from slipstream.launch.config import RunConfig
 from slipstream.launch.metrics import batch_metrics
 from slipstream.launch.models import resolve_model
 from slipstream.launch.run_dir import (RunDirectory, engine_settings, group_settings,
                                        learner_settings, reward_summary)
-from slipstream.rollout.weight_transfer import fingerprint_names_for
+from slipstream.rewards import build_reward
 from slipstream.rollout.worker import RolloutWorker, WorkerSpec
 from slipstream.trainer.learner import Learner
 
@@ -52,8 +54,11 @@ class Actors:
 
 
 def _actor_error(error: Exception) -> SlipstreamError:
+    """The failing actor's own error, in one line; its full traceback goes to stderr above it."""
     cause = getattr(error, "cause", None) or error
-    return SlipstreamError(f"an actor failed: {type(cause).__name__}: {cause}".splitlines()[0])
+    print(str(error), file=sys.stderr)
+    first_line = (str(cause).strip().splitlines() or [""])[0]
+    return SlipstreamError(f"an actor failed: {type(cause).__name__}: {first_line}")
 
 
 def _await(ref: ray.ObjectRef, actors: Actors, timeout_s: float | None = None,
@@ -92,18 +97,19 @@ def _start_actors(config: RunConfig, model_path: str, run: RunDirectory) -> Acto
         workers.append(RolloutWorker.options(num_cpus=config.rollout.cpus_per_worker)
                        .remote(spec, buffer))
     actors = Actors(buffer, learner, workers, runs=[])
-    ready = [w.start.remote() for w in workers] + [learner.parameter_names.remote()]
+    ready = [w.start.remote() for w in workers] + [learner.ready.remote()]
     for ref in ready:
         _await(ref, actors, what="starting the actors")
     actors.runs = [w.run.remote() for w in workers]
     return actors
 
 
-def _sync_weights(actors: Actors, config: RunConfig, names: list[str]) -> dict[str, float]:
+def _sync_weights(actors: Actors, config: RunConfig) -> dict[str, float]:
     """Publish, load into every worker, verify the fingerprint, then release newer tickets."""
     started = time.perf_counter()
     weights = _await(actors.learner.publish.remote(), actors, what="publishing weights")
-    refs = [w.update_weights.remote(weights.path, weights.version, names) for w in actors.workers]
+    refs = [w.update_weights.remote(weights.path, weights.version, weights.fingerprint_shapes)
+            for w in actors.workers]
     timeout = config.trainer.sync_timeout_s
     results = [_await(ref, actors, timeout, what=f"weight sync to version {weights.version} "
                       f"(trainer.sync_timeout_s)") for ref in refs]
@@ -129,7 +135,6 @@ def _shutdown(actors: Actors | None) -> None:
 
 
 def _train(config: RunConfig, actors: Actors, run: RunDirectory) -> None:
-    names = fingerprint_names_for(_await(actors.learner.parameter_names.remote(), actors))
     progress = tqdm(total=config.steps, desc="slipstream", disable=not config.progress,
                     unit="step", dynamic_ncols=True)
     last_tokens, last_time = 0, time.monotonic()
@@ -153,7 +158,7 @@ def _train(config: RunConfig, actors: Actors, run: RunDirectory) -> None:
         if config.trainer.checkpoint_every and result.step % config.trainer.checkpoint_every == 0:
             _await(actors.learner.save_checkpoint.remote(str(run.checkpoints)), actors)
         if result.step % config.trainer.sync_every == 0 and result.step < config.steps:
-            last_sync = _sync_weights(actors, config, names)
+            last_sync = _sync_weights(actors, config)
         progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}",
                              lag=f"{metrics['staleness/mean']:.2f}",
                              tok_s=f"{metrics['throughput/rollout_tokens_per_s']:.0f}")
@@ -168,9 +173,11 @@ def run(config: RunConfig) -> RunDirectory:
     """Run the asynchronous pipeline to `config.steps` learner steps; returns the run directory
     (its `history` holds every step's metrics)."""
     model_path = resolve_model(config.model.path)
+    build_reward(config.reward)         # a reward that cannot be imported fails here, in one line
+    build_env(config.env, config.seed)  # so does a missing or malformed dataset
     run_dir = RunDirectory(config)
-    # vLLM's INFO lines would drown the progress bar; its warnings and errors still show.
-    env_vars = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+    # vLLM's INFO and WARNING lines would drown the progress bar; its errors still show.
+    env_vars = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
                 "TOKENIZERS_PARALLELISM": "false"}
     ray.init(num_cpus=max(os.cpu_count() or 1, 2) + config.rollout.num_workers,
              include_dashboard=False, log_to_driver=True, configure_logging=False,

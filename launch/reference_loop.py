@@ -35,15 +35,14 @@ from slipstream.launch.run_dir import (RunDirectory, engine_settings, group_sett
 from slipstream.rewards import RewardRunner, build_reward
 from slipstream.rollout.engine import VLLMEngine
 from slipstream.rollout.group import generate_group
-from slipstream.rollout.weight_transfer import fingerprint_names_for
 from slipstream.trainer.learner import Learner
 
 
-async def sync_weights(learner: Learner, engine: VLLMEngine, names: list[str]) -> float:
+async def sync_weights(learner: Learner, engine: VLLMEngine) -> float:
     """Publish the learner's weights into the engine and check that they landed."""
     weights = learner.publish()
     seconds = await engine.update_weights(weights.path, weights.version)
-    landed = await engine.fingerprint(names)
+    landed = await engine.fingerprint(weights.fingerprint_shapes)
     if landed != weights.fingerprint:
         raise SlipstreamError(f"weight sync to version {weights.version} did not land: "
                               f"{landed} != {weights.fingerprint}")
@@ -58,7 +57,6 @@ async def reference_loop(config: RunConfig) -> RunDirectory:
     engine = VLLMEngine(engine_settings(config, model_path))
     learner = Learner(learner_settings(config, model_path, run.path))
     settings = group_settings(config)
-    names = fingerprint_names_for(learner.parameter_names())
     groups_per_step = config.trainer.groups_per_step
     last_sync: dict[str, float] = {"rollout/weight_version": 0}
     try:
@@ -79,7 +77,7 @@ async def reference_loop(config: RunConfig) -> RunDirectory:
                      "throughput/rollout_tokens_per_s": generated / rollout_s}
             metrics = run.record(result, extra)
             if result.step % config.trainer.sync_every == 0 and result.step < config.steps:
-                last_sync = {"timing/weight_sync_s": await sync_weights(learner, engine, names),
+                last_sync = {"timing/weight_sync_s": await sync_weights(learner, engine),
                              "rollout/weight_version": engine.weight_version}
             if config.progress:
                 print(f"step {result.step:4d}  reward {metrics['reward/mean']:.3f}  "

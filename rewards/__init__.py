@@ -1,0 +1,66 @@
+"""Rewards: pure functions `(completion, reference) -> score`, run with a time limit.
+
+Two kinds: `math_verify` (the answer checked by math-verify) and `python`, any importable
+function `"package.module:function"` with the same signature, for a reward of one's own.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from slipstream.errors import SlipstreamError
+from slipstream.rewards.math_verify import math_verify_reward
+from slipstream.rewards.runner import RewardResult, RewardRunner
+
+_TIMEOUT = Field(5.0, gt=0, description=(
+    "Seconds one completion may take to score; past it, it scores 0 and counts as an error."))
+
+
+class MathVerifyRewardConfig(BaseModel):
+    """1.0 when math-verify finds the completion's answer equal to the reference, else 0.0."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["math_verify"] = Field("math_verify", description="Selects this reward.")
+    timeout_s: float = _TIMEOUT
+
+
+class PythonRewardConfig(BaseModel):
+    """A reward of one's own: any module-level function, run like math_verify."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["python"] = Field("python", description="Selects this reward.")
+    function: str = Field(..., pattern=r"^[\w.]+:\w+$", description=(
+        "An importable function 'package.module:function' taking (completion, reference) and "
+        "returning a float."))
+    timeout_s: float = _TIMEOUT
+
+
+RewardConfig = Annotated[Union[MathVerifyRewardConfig, PythonRewardConfig],
+                         Field(discriminator="kind")]
+
+
+def build_reward(config: RewardConfig) -> Callable[[str, str], float]:
+    """The reward function `config` names; pass it to `RewardRunner(fn, config.timeout_s)`."""
+    if config.kind == "math_verify":
+        return math_verify_reward
+    if config.kind == "python":
+        module_name, function_name = config.function.split(":")
+        try:
+            function = getattr(importlib.import_module(module_name), function_name)
+        except (ImportError, AttributeError) as error:
+            raise SlipstreamError(f"reward.function {config.function!r} cannot be imported: "
+                                  f"{error}") from None
+        if not callable(function):
+            raise SlipstreamError(f"reward.function {config.function!r} is not callable")
+        return function
+    raise ValueError(f"unknown reward kind {config.kind!r}")
+
+
+__all__ = ["MathVerifyRewardConfig", "PythonRewardConfig", "RewardConfig", "RewardResult",
+           "RewardRunner", "build_reward", "math_verify_reward"]

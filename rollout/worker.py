@@ -78,11 +78,11 @@ class RolloutWorker:
             await self._buffer.put.remote(ticket, group)
 
     async def update_weights(self, weights_path: str, version: int,
-                             fingerprint_names: list[str]) -> dict:
+                             fingerprint_shapes: dict[str, list[int]]) -> dict:
         """Load published weights in place; return the pause-to-resume seconds and the
         fingerprint of a few tensors read back from the engine (the learner compares it)."""
         seconds = await self._engine.update_weights(weights_path, version)
-        fingerprint = await self._engine.fingerprint(fingerprint_names)
+        fingerprint = await self._engine.fingerprint(fingerprint_shapes)
         return {"seconds": seconds, "fingerprint": fingerprint, "version": version}
 
     async def stats(self) -> dict[str, float]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from slipstream.buffer.records import Group, Sample, TrainedSample
+from slipstream.rollout.weight_transfer import fingerprint_names_for
 from slipstream.trainer.advantages import group_advantages
 from slipstream.trainer.logprobs import GapAccumulator, collate, token_logprobs
 from slipstream.trainer.losses import LossConfig, LossInputs, compute_loss
@@ -45,7 +46,6 @@ class LearnerSettings:
     reference_model: bool
     seed: int
     weights_dir: str             # where published weight files go (tmpfs)
-    fingerprint_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,8 @@ class Learner:
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler,
             config=self._deepspeed_config(), dist_init_required=True)
+        self.fingerprint_names = fingerprint_names_for(
+            [name for name, _ in self.engine.module.named_parameters()])
         self.version = 0
         self.step = 0
 
@@ -162,12 +164,12 @@ class Learner:
         """Write the current weights as one packed file on tmpfs for the rollout workers."""
         named = ((name, p.detach()) for name, p in self.engine.module.named_parameters())
         weights = write_weights_file(named, self.settings.weights_dir, self.version,
-                                     self.settings.fingerprint_names)
+                                     self.fingerprint_names)
         remove_old_weight_files(self.settings.weights_dir, keep_version=self.version)
         return weights
 
-    def parameter_names(self) -> list[str]:
-        return [name for name, _ in self.engine.module.named_parameters()]
+    def ready(self) -> bool:
+        return True
 
     def save_checkpoint(self, directory: str) -> str:
         tag = f"step-{self.step:06d}"

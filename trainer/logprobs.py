@@ -75,8 +75,15 @@ def k3(log_ratio: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class GapAccumulator:
-    """Sampler-against-trainer gap over a step, split by whether a token's weights are the ones
-    the learner holds (numerical mismatch) or older ones (staleness)."""
+    """Sampler-against-trainer gap over a step, split into numerical mismatch and staleness.
+
+    A token counts as *mismatch* when it, and every token before it in its sample, was sampled by
+    the weights the learner holds now: then the sampler computed it, prompt and KV cache
+    included, with exactly the learner's weights, and any gap is numerics alone. Every other
+    token counts as *staleness*: sampled by older weights, or sampled by current weights but
+    attending to KV cache written by older ones (an update landed mid-sample; see
+    rollout/engine.py), which is drift, not numerics.
+    """
 
     learner_version: int
     mismatch_tokens: int = 0
@@ -91,8 +98,10 @@ class GapAccumulator:
     def add(self, trainer_B_T: torch.Tensor, batch: MicroBatch) -> None:
         trainer = trainer_B_T.detach()
         kl = k3(trainer - batch.sampler_logprobs_B_T)          # KL(sampler || trainer)
-        same = batch.mask_B_T & (batch.versions_B_T == self.learner_version)
-        older = batch.mask_B_T & (batch.versions_B_T < self.learner_version)
+        # cummin along T: the oldest version among the token and all tokens before it.
+        oldest_so_far = torch.cummin(batch.versions_B_T, dim=1).values
+        same = batch.mask_B_T & (oldest_so_far == self.learner_version)
+        older = batch.mask_B_T & ~same
         self.mismatch_tokens += int(same.sum())
         self.mismatch_kl_sum += float(kl[same].sum())
         if same.any():

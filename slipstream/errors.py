@@ -1,0 +1,6 @@
+"""The one exception type the command line shows as a single line, without a traceback."""
+
+
+class SlipstreamError(Exception):
+    """A user-facing error whose message is one readable line; the CLI prints it without a
+    traceback. Raised for bad config, bad data, a failed actor, a weight sync that did not land."""
