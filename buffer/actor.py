@@ -6,7 +6,8 @@ lives in `ReplayBuffer` (pure, unit-tested); this file only adds waiting and fil
 
 On disk, under `DIR/buffer/` (JSON Lines, readable without Ray or slipstream):
 * `snapshot-stepNNNNNN.jsonl`: every waiting sample, with its group's ticket and its age
-  (learner version minus its oldest token's version) against `max_lag`;
+  (learner version minus its oldest token's version) against `max_lag`; `snapshot-final.jsonl`
+  at shutdown, whatever ended the run;
 * `evictions.jsonl`: every evicted group, with the reason.
 """
 
@@ -23,8 +24,11 @@ from slipstream.buffer.records import Group, to_json_dict
 from slipstream.buffer.replay import ReplayBuffer
 
 
-def write_snapshot(buffer: ReplayBuffer, directory: Path, step: int, learner_version: int) -> Path:
-    path = directory / f"snapshot-step{step:06d}.jsonl"
+def write_snapshot(buffer: ReplayBuffer, directory: Path, step: int | str,
+                   learner_version: int) -> Path:
+    """Every waiting sample with its age; `step` "final" names the snapshot taken at shutdown."""
+    name = f"step{step:06d}" if isinstance(step, int) else str(step)
+    path = directory / f"snapshot-{name}.jsonl"
     tmp = path.with_suffix(".jsonl.tmp")
     with tmp.open("w") as out:
         for ticket in sorted(buffer.waiting):
@@ -94,7 +98,7 @@ class ReplayBufferActor:
             for eviction in evictions:
                 out.write(json.dumps(dataclasses.asdict(eviction)) + "\n")
 
-    async def snapshot(self, step: int, learner_version: int) -> str:
+    async def snapshot(self, step: int | str, learner_version: int) -> str:
         return str(write_snapshot(self._buffer, self._dir, step, learner_version))
 
     async def stats(self, learner_version: int) -> dict[str, float]:

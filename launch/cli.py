@@ -7,6 +7,7 @@ through the same checks. Any failure ends the process with one line naming the f
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -63,9 +64,15 @@ def parse_config(argv: Sequence[str] | None = None, **defaults: Any) -> RunConfi
         raise SlipstreamError(format_validation_error(error)) from None
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # run the same clean-up as Ctrl-C: actors stopped, files flushed
+
+
 def main_guard(run_fn, *args: Any) -> None:
     """Run `run_fn(*args)`; a SlipstreamError (bad config, bad data, a failed actor) prints one
-    line and exits 1, a Ctrl-C exits 130. Anything else is a bug and keeps its traceback."""
+    line and exits 1, a Ctrl-C or SIGTERM exits 130 after a clean stop. Anything else is a bug
+    and keeps its traceback."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         run_fn(*args)
     except SlipstreamError as error:

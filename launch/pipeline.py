@@ -40,7 +40,8 @@ from slipstream.launch.run_dir import (RunDirectory, engine_settings, group_sett
                                        learner_settings, reward_summary)
 from slipstream.rewards import build_reward
 from slipstream.rollout.worker import RolloutWorker, WorkerSpec
-from slipstream.trainer.learner import Learner
+from slipstream.trainer.learner import Learner, LearnerSettings
+from slipstream.trainer.weight_publish import remove_weights_dir
 
 _POLL_S = 1.0
 
@@ -51,6 +52,7 @@ class Actors:
     learner: ray.actor.ActorHandle
     workers: list[ray.actor.ActorHandle]
     runs: list[ray.ObjectRef]            # each worker's run() call: ready only if it ends
+    learner_version: int = 0
 
 
 def _actor_error(error: Exception) -> SlipstreamError:
@@ -84,11 +86,11 @@ def _await(ref: ray.ObjectRef, actors: Actors, timeout_s: float | None = None,
             raise SlipstreamError("a rollout worker stopped generating unexpectedly")
 
 
-def _start_actors(config: RunConfig, model_path: str, run: RunDirectory) -> Actors:
+def _start_actors(config: RunConfig, model_path: str, run: RunDirectory,
+                  learner: LearnerSettings) -> Actors:
     buffer = ReplayBufferActor.remote(config.trainer.groups_per_step, config.buffer.max_lag,
                                       config.buffer.capacity_groups, str(run.buffer))
-    learner = ray.remote(Learner).options(num_cpus=0).remote(
-        learner_settings(config, model_path, run.path))
+    learner = ray.remote(Learner).options(num_cpus=0).remote(learner)
     workers = []
     for worker_id in range(config.rollout.num_workers):
         spec = WorkerSpec(engine=engine_settings(config, model_path),
@@ -108,7 +110,7 @@ def _sync_weights(actors: Actors, config: RunConfig) -> dict[str, float]:
     """Publish, load into every worker, verify the fingerprint, then release newer tickets."""
     started = time.perf_counter()
     weights = _await(actors.learner.publish.remote(), actors, what="publishing weights")
-    refs = [w.update_weights.remote(weights.path, weights.version, weights.fingerprint_shapes)
+    refs = [w.update_weights.remote(weights.path, weights.version, weights.fingerprint_names)
             for w in actors.workers]
     timeout = config.trainer.sync_timeout_s
     results = [_await(ref, actors, timeout, what=f"weight sync to version {weights.version} "
@@ -119,15 +121,20 @@ def _sync_weights(actors: Actors, config: RunConfig) -> dict[str, float]:
                 f"weight sync to version {weights.version} did not land on worker {worker_id}: "
                 f"fingerprint {result['fingerprint']} != published {weights.fingerprint}")
     _await(actors.buffer.set_rollout_version.remote(weights.version), actors)
-    return {"timing/weight_sync_s": max(r["seconds"] for r in results),
+    sync_s = max(r["seconds"] for r in results)
+    return {"timing/weight_sync_s": sync_s,
+            "timing/weight_sync_s_per_gb": sync_s / (weights.nbytes / 1e9),
             "timing/publish_s": time.perf_counter() - started,
             "rollout/weight_version": weights.version}
 
 
 def _shutdown(actors: Actors | None) -> None:
+    """Stop every actor. The groups still waiting in the buffer are written to
+    `DIR/buffer/snapshot-final.jsonl` first, so a failed or interrupted run keeps them."""
     if actors is None:
         return
     try:
+        ray.get(actors.buffer.snapshot.remote("final", actors.learner_version), timeout=30)
         ray.get(actors.buffer.close.remote(), timeout=10)
         ray.get([w.shutdown.remote() for w in actors.workers], timeout=30)
     except (RayTaskError, RayActorError, GetTimeoutError):
@@ -144,9 +151,10 @@ def _train(config: RunConfig, actors: Actors, run: RunDirectory) -> None:
         while groups is None:
             groups = _await(actors.buffer.take_batch.remote(step, 30.0), actors)
         result = _await(actors.learner.train_step.remote(groups), actors, what="learner step")
+        actors.learner_version = result.version
         stats = [_await(w.stats.remote(), actors) for w in actors.workers]
         tokens, now = sum(s["tokens"] for s in stats), time.monotonic()
-        extra = {**batch_metrics(groups), **last_sync,
+        extra = {**batch_metrics(groups), **last_sync, "rollout/tokens_total": tokens,
                  "throughput/rollout_tokens_per_s": (tokens - last_tokens) / (now - last_time)}
         last_tokens, last_time = tokens, now
         extra |= _await(actors.buffer.stats.remote(result.version), actors)
@@ -182,13 +190,15 @@ def run(config: RunConfig) -> RunDirectory:
     ray.init(num_cpus=max(os.cpu_count() or 1, 2) + config.rollout.num_workers,
              include_dashboard=False, log_to_driver=True, configure_logging=False,
              runtime_env={"env_vars": env_vars})
+    settings = learner_settings(config, model_path, run_dir.path)
     actors = None
     try:
-        actors = _start_actors(config, model_path, run_dir)
+        actors = _start_actors(config, model_path, run_dir, settings)
         _train(config, actors, run_dir)
     finally:
         _shutdown(actors)
         ray.shutdown()
         run_dir.close()
+        remove_weights_dir(settings.weights_dir)
     print(f"slipstream: {reward_summary(run_dir.history)}; run directory {run_dir.path}")
     return run_dir

@@ -36,13 +36,14 @@ from slipstream.rewards import RewardRunner, build_reward
 from slipstream.rollout.engine import VLLMEngine
 from slipstream.rollout.group import generate_group
 from slipstream.trainer.learner import Learner
+from slipstream.trainer.weight_publish import remove_weights_dir
 
 
 async def sync_weights(learner: Learner, engine: VLLMEngine) -> float:
     """Publish the learner's weights into the engine and check that they landed."""
     weights = learner.publish()
     seconds = await engine.update_weights(weights.path, weights.version)
-    landed = await engine.fingerprint(weights.fingerprint_shapes)
+    landed = await engine.fingerprint(weights.fingerprint_names)
     if landed != weights.fingerprint:
         raise SlipstreamError(f"weight sync to version {weights.version} did not land: "
                               f"{landed} != {weights.fingerprint}")
@@ -55,7 +56,8 @@ async def reference_loop(config: RunConfig) -> RunDirectory:
     env = build_env(config.env, seed=config.seed)
     rewards = RewardRunner(build_reward(config.reward), timeout_s=config.reward.timeout_s)
     engine = VLLMEngine(engine_settings(config, model_path))
-    learner = Learner(learner_settings(config, model_path, run.path))
+    learner_config = learner_settings(config, model_path, run.path)
+    learner = Learner(learner_config)
     settings = group_settings(config)
     groups_per_step = config.trainer.groups_per_step
     last_sync: dict[str, float] = {"rollout/weight_version": 0}
@@ -90,6 +92,7 @@ async def reference_loop(config: RunConfig) -> RunDirectory:
         rewards.close()
         await engine.shutdown()
         run.close()
+        remove_weights_dir(learner_config.weights_dir)
     print(f"slipstream: {reward_summary(run.history)}; run directory {run.path}")
     return run
 

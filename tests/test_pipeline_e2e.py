@@ -108,6 +108,7 @@ def test_async_pipeline_runs_syncs_and_fills_the_run_directory(tiny_model, tmp_p
         assert len(sample["versions_T"]) == n
         assert row["learner_version"] - min(sample["versions_T"]) <= 1   # max_lag
     assert list((out / "buffer").glob("snapshot-step*.jsonl"))
+    assert (out / "buffer" / "snapshot-final.jsonl").exists()
     assert list((out / "checkpoints").iterdir())
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -136,3 +137,31 @@ def test_a_sync_that_times_out_stops_the_run_with_one_clear_line(tiny_model, tmp
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("slipstream: weight sync to version 1") and "sync_timeout_s" in last
     assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 1   # step 1 kept
+    assert (tmp_path / "run" / "buffer" / "snapshot-final.jsonl").exists()     # waiting groups kept
+
+
+def test_gsm8k_script_skips_malformed_rows_and_trains(tiny_model, tmp_path):
+    data = tmp_path / "problems.jsonl"
+    rows = [{"question": f"What is {a} plus {a}?", "answer": f"{a} + {a} = {2 * a}\n#### {2 * a}"}
+            for a in range(1, 6)]
+    lines = [json.dumps(r) for r in rows] + ['{"question": "no answer"}', "not json"]
+    data.write_text("\n".join(lines) + "\n")
+    result = launch("gsm8k.py", tiny_model, tmp_path / "run", "--steps", "1",
+                    "--env.path", str(data), "--rollout.max-new-tokens", "8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipped 2 of 7 rows" in result.stderr
+    assert len(read_metrics(tmp_path / "run")) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--env.kind", "jsonl", "--env.path", "/nonexistent/x.jsonl"], "not found"),
+    (["--reward.kind", "python", "--reward.function", "no_such_module:f"], "cannot be imported"),
+    (["--model.path", "/nonexistent/model"], "does not exist"),
+])
+def test_bad_data_and_paths_end_in_one_line_before_anything_starts(tmp_path, args, message):
+    result = subprocess.run([sys.executable, str(ROOT / "launch" / "quickstart.py"),
+                             "--output-dir", str(tmp_path / "run"), *args],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("slipstream: ") and message in last and "Traceback" not in result.stderr

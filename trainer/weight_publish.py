@@ -1,7 +1,14 @@
-"""The learner's side of a weight sync: all parameters packed into one file on tmpfs.
+"""The learner's side of a weight sync.
 
-The file is written under a temporary name and renamed, so an engine never maps half a file,
-and its fingerprint is computed from the very tensors written (see rollout/weight_transfer.py).
+CPU (and any single host): every parameter packed into ONE safetensors file on tmpfs, which the
+engine's `slipstream_shm` backend maps and loads (rollout/weight_transfer.py). The file is written
+under a temporary name in the same folder and renamed, so an engine never maps half a file; its
+fingerprint is computed from the very tensors written, so what the engine reads back is compared
+with what was sent, not with what the learner believes it sent.
+
+CUDA: `ipc_update_info` builds the `update_info` of vLLM's built-in `ipc` backend instead (CUDA
+IPC handles to the learner's own GPU tensors, no copy). UNVERIFIED HERE: written from reading
+vLLM's `ipc_engine.py` (IPCTrainerWeightTransferEngine._send_unpacked); this machine has no GPU.
 """
 
 from __future__ import annotations
@@ -12,20 +19,25 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
-from slipstream.rollout.weight_transfer import fingerprint
+from slipstream.rollout.weight_transfer import fingerprint_names_for, fingerprint
 
 
 @dataclass(frozen=True)
 class WeightsFile:
     path: str
     version: int
-    nbytes: int
-    fingerprint: dict[str, str]             # of a few tensors (see rollout/weight_transfer.py)
-    fingerprint_shapes: dict[str, list[int]]  # what the engine must hash to compare
+    nbytes: int                      # tensor payload in bytes (the file adds a small header)
+    fingerprint: dict[str, float]    # of a few tensors; see rollout/weight_transfer.py
+
+    @property
+    def fingerprint_names(self) -> list[str]:
+        """The tensors to read back from an engine to compare with `fingerprint`."""
+        return list(self.fingerprint)
 
 
 def shm_dir(run_name: str) -> Path:
@@ -34,22 +46,49 @@ def shm_dir(run_name: str) -> Path:
     return root / f"slipstream-{run_name}"
 
 
-def write_weights_file(named_tensors: Iterable[tuple[str, torch.Tensor]], directory: str | Path,
-                       version: int, fingerprint_names: Sequence[str] = ()) -> WeightsFile:
+def _packed(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU tensors. A tensor whose storage was already seen gets a copy,
+    because safetensors refuses to write tensors that share memory (a tied lm_head passed via
+    state_dict(), or views into one fused buffer)."""
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, tensor in named_tensors:
+        if name in tensors:
+            raise ValueError(f"write_weights_file: tensor {name} given twice")
+        t = tensor.detach().to("cpu").contiguous()
+        key = t.untyped_storage().data_ptr()
+        tensors[name] = t.clone() if key in seen else t
+        seen.add(key)
+    return tensors
+
+
+def write_weights_file(named_tensors: Iterable[tuple[str, torch.Tensor]],
+                       directory: str | Path, version: int,
+                       fingerprint_names: Sequence[str] | None = None) -> WeightsFile:
+    """Write `directory/weights-v{version}.safetensors` atomically and fingerprint it.
+
+    `fingerprint_names` defaults to fingerprint_names_for(the names written)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {name: t.detach().to("cpu").contiguous() for name, t in named_tensors}
+    tensors = _packed(named_tensors)
+    if not tensors:
+        raise ValueError("write_weights_file: no tensors given")
+    names = list(fingerprint_names) if fingerprint_names else fingerprint_names_for(tensors)
     path = directory / f"weights-v{version}.safetensors"
+    # Same folder, so the rename is atomic; pid in the name so two writers never collide.
     tmp = directory / f".weights-v{version}.{os.getpid()}.tmp"
-    save_file(tensors, str(tmp))
-    tmp.rename(path)
+    try:
+        save_file(tensors, str(tmp), metadata={"slipstream_version": str(version)})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
-    shapes = {name: list(tensors[name].shape) for name in fingerprint_names}
-    return WeightsFile(str(path), version, nbytes, fingerprint(tensors.items(), shapes), shapes)
+    return WeightsFile(str(path), version, nbytes, fingerprint(tensors.items(), names))
 
 
 def remove_old_weight_files(directory: str | Path, keep_version: int) -> None:
-    """Delete published files of other versions (tmpfs is memory)."""
+    """Delete published files of other versions (tmpfs is memory). An engine that still maps
+    one keeps reading it safely: unlinking frees the pages only when the last map closes."""
     for path in Path(directory).glob("weights-v*.safetensors"):
         if path.name != f"weights-v{keep_version}.safetensors":
             path.unlink(missing_ok=True)
@@ -58,3 +97,26 @@ def remove_old_weight_files(directory: str | Path, keep_version: int) -> None:
 def remove_weights_dir(directory: str | Path) -> None:
     """Free the run's tmpfs folder at the end of a run."""
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def ipc_update_info(named_tensors: Iterable[tuple[str, torch.Tensor]]
+                    ) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """UNVERIFIED (no GPU here). `update_info` for vLLM's `ipc` backend, unpacked mode.
+
+    Returns the dict to pass as `VLLMEngine.update_weights(update_info, version)` and the
+    contiguous tensors it points at: the caller must keep those alive until the update has
+    finished, because a CUDA IPC handle does not own its memory. Mirrors vLLM 0.32's
+    `IPCTrainerWeightTransferEngine._send_unpacked` for one trainer rank."""
+    from torch.multiprocessing.reductions import reduce_tensor
+
+    gpu = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+    names, dtype_names, shapes, handles, keep = [], [], [], [], []
+    for name, tensor in named_tensors:
+        weight = tensor.detach().contiguous()
+        keep.append(weight)
+        names.append(name)
+        dtype_names.append(str(weight.dtype).split(".")[-1])
+        shapes.append(list(weight.shape))
+        handles.append({gpu: reduce_tensor(weight)[1]})
+    info = {"names": names, "dtype_names": dtype_names, "shapes": shapes, "ipc_handles": handles}
+    return info, keep

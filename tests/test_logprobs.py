@@ -1,0 +1,55 @@
+"""Trainer-side logprobs and the gap metrics, on a tiny random model (no vLLM, no Ray)."""
+
+import math
+
+import pytest
+import torch
+
+from factories import make_sample
+from slipstream.launch.models import make_tiny_model
+from slipstream.trainer.logprobs import GapAccumulator, collate, k3, token_logprobs
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import AutoModelForCausalLM
+
+    path = make_tiny_model(tmp_path_factory.mktemp("m") / "tiny")
+    return AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+def test_logprobs_match_a_plain_forward_and_ignore_padding(tiny):
+    short = make_sample(prompt_ids=(5, 6), versions=(0, 0))
+    long = make_sample(prompt_ids=(7, 8, 9, 10), versions=(0, 0, 0, 0))
+    batch = collate([short, long], pad_id=0)
+    with torch.no_grad():
+        logprobs, _ = token_logprobs(tiny, batch, temperature=0.7)
+        ids = torch.tensor([list(long.prompt_ids + long.completion_ids_T)])
+        logits = tiny(input_ids=ids).logits[0].float() / 0.7
+        expected = torch.log_softmax(logits, -1)
+    p = len(long.prompt_ids)
+    for j, token in enumerate(long.completion_ids_T):
+        assert logprobs[1, j].item() == pytest.approx(expected[p - 1 + j, token].item(), abs=1e-5)
+    assert batch.mask_B_T.tolist() == [[True, True, False, False], [True, True, True, True]]
+
+
+def test_k3_is_zero_at_equality_and_positive_elsewhere():
+    assert k3(torch.tensor(0.0)).item() == 0.0
+    assert k3(torch.tensor(0.5)).item() == pytest.approx(math.exp(0.5) - 0.5 - 1)
+
+
+def test_gap_splits_numerics_from_staleness():
+    # learner at version 2: sample A wholly version 2 (numerics); sample B starts at version 1
+    # and continues under 2 after an update, so all of B is staleness (old KV in its prefix).
+    a = make_sample(versions=(2, 2), logprobs=[-1.0, -2.0])
+    b = make_sample(versions=(1, 2, 2), logprobs=[-1.0, -1.0, -1.0])
+    batch = collate([a, b], pad_id=0)
+    trainer = torch.tensor([[-1.0, -2.5, 0.0], [-1.25, -1.0, -1.0]])
+    gap = GapAccumulator(learner_version=2)
+    gap.add(trainer, batch)
+    m = gap.metrics()
+    assert m["mismatch/tokens"] == 2 and m["mismatch/max_abs_logprob_diff"] == 0.5
+    assert m["mismatch/kl"] == pytest.approx(k3(torch.tensor(-0.5)).item() / 2)
+    assert m["staleness/tokens"] == 3 and m["staleness/max"] == 1
+    assert m["staleness/mean"] == pytest.approx(1 / 5)
+    assert m["staleness/kl"] == pytest.approx(k3(torch.tensor(-0.25)).item() / 3)
