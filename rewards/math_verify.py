@@ -7,6 +7,9 @@ Choices:
   is a data bug, so it raises (the runner records the error) rather than scoring every sample 0.
 - The completion is parsed with math-verify's defaults: the last \\boxed{} or $...$ answer, else
   the last plain expression ("The answer is 57.").
+- An answer that is still arithmetic over numbers scores 0. math-verify evaluates "36 + 21" to
+  57 and would call it right, so a policy asked "What is 36 + 21?" learns to restate the
+  question: seen here, the quickstart reached 0.85 reward within 40 steps that way.
 - math-verify bounds its own parsing and comparison with `signal.alarm`, which works only in a
   process's main thread, and callers score from helper threads. Its timeouts are switched off
   here (`parsing_timeout=None`, `timeout_seconds=None`) and `RewardRunner` bounds the time from
@@ -16,8 +19,12 @@ Choices:
 from __future__ import annotations
 
 import logging
+import re
 
 from math_verify import parse, verify
+
+# A number, an arithmetic operator, a number: "36 + 21", "6*7", "3 \times 4".
+_UNEVALUATED = re.compile(r"\d\s*(?:[-+*/×÷^]|\\times|\\cdot|\\div)\s*[\d(]")
 
 
 class _DropTimeoutDisabledWarning(logging.Filter):
@@ -41,8 +48,16 @@ def parse_gold(reference: str) -> list:
     return gold
 
 
+def _is_unevaluated(answer: str) -> bool:
+    """Arithmetic over plain numbers ("36 + 53"); symbolic answers ("x^2+1") are fine."""
+    has_variable = re.search(r"[a-zA-Z]", re.sub(r"\\[a-zA-Z]+", "", answer))
+    return bool(_UNEVALUATED.search(answer)) and not has_variable
+
+
 def math_verify_reward(completion: str, reference: str) -> float:
     """1.0 if math-verify finds the completion's answer equal to `reference`, else 0.0."""
     gold = parse_gold(reference)
     answer = parse(completion, parsing_timeout=None)
+    if any(isinstance(a, str) and _is_unevaluated(a) for a in answer):
+        return 0.0
     return 1.0 if verify(gold, answer, timeout_seconds=None) else 0.0

@@ -187,3 +187,15 @@ def test_runner_refuses_a_function_it_cannot_send():
         RewardRunner(lambda completion, reference: 1.0, timeout_s=1.0)
     with pytest.raises(ValueError, match="timeout_s"):
         RewardRunner(scripted_reward, timeout_s=0)
+
+
+@pytest.mark.parametrize("completion", [
+    "To calculate 36 + 53, you simply add the numbers together: 36 + 53.",
+    "The sum is $36 + 53$.",
+    "$3 \\times 4$",
+])
+def test_restating_the_question_is_not_an_answer(completion):
+    # math-verify evaluates "36 + 53" to 89; a policy learned to exploit that in 20 steps.
+    reference = "12" if "times" in completion else "89"
+    assert math_verify_reward(completion, reference) == 0.0
+    assert math_verify_reward("36 + 53 = 89", "89") == 1.0
