@@ -1,10 +1,11 @@
 """The controller: starts Ray and the actors, drives the learner, moves weights, stops cleanly.
 
-    envs ── prompt(ticket) ──▶ RolloutWorker × N ── Group ──▶ ReplayBuffer ── batch ──▶ Learner
-                               (vLLM AsyncLLM,                (Ray actor:                (DeepSpeed,
-                                reward runner)                 tickets, max_lag,          HF causal LM,
-                                     ▲                         eviction, snapshots)       losses)
-                                     └──── weights v+1: tmpfs file, loaded in place ◀──────┘
+  envs --prompt(ticket)--> RolloutWorker x N --Group--> ReplayBuffer --batch--> Learner
+                           (vLLM AsyncLLM,              (Ray actor: tickets,    (DeepSpeed,
+                            reward runner)               max_lag, eviction,      HF causal LM,
+                                 ^                       snapshots)              losses)
+                                 |                                                  |
+                                 +--- weights v+1: one tmpfs file, loaded in place -+
 
 Loops and what unblocks them:
 * each worker, `groups_in_flight` times over: waits for a ticket (the buffer grants one when the
@@ -69,7 +70,8 @@ def _await(ref: ray.ObjectRef, actors: Actors, timeout_s: float | None = None,
     fail if `timeout_s` passes before the result is there."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        wait_s = _POLL_S if deadline is None else max(0.0, min(_POLL_S, deadline - time.monotonic()))
+        left = None if deadline is None else deadline - time.monotonic()
+        wait_s = _POLL_S if left is None else max(0.0, min(_POLL_S, left))
         ready, _ = ray.wait([ref, *actors.runs], num_returns=1, timeout=wait_s)
         if deadline is not None and time.monotonic() > deadline:
             raise SlipstreamError(f"{what} did not finish within {timeout_s:g}s")
@@ -146,10 +148,11 @@ def _train(config: RunConfig, actors: Actors, run: RunDirectory) -> None:
                     unit="step", dynamic_ncols=True)
     last_tokens, last_time = 0, time.monotonic()
     last_sync: dict[str, float] = {"rollout/weight_version": 0}
-    for step in range(config.steps):
+    for _ in range(config.steps):
         groups = None
-        while groups is None:
-            groups = _await(actors.buffer.take_batch.remote(step, 30.0), actors)
+        while groups is None:   # None: nothing within 30 s; the workers are still alive
+            batch = actors.buffer.take_batch.remote(actors.learner_version, 30.0)
+            groups = _await(batch, actors)
         result = _await(actors.learner.train_step.remote(groups), actors, what="learner step")
         actors.learner_version = result.version
         stats = [_await(w.stats.remote(), actors) for w in actors.workers]
