@@ -16,7 +16,7 @@ Each step:
    checked (a fingerprint of a few tensors);
 6. logging: the same metrics, TensorBoard curves and rollouts as the pipeline.
 
-    python launch/reference_loop.py --steps 20 --output-dir runs/ref
+    python launch/reference_loop.py --steps 20 --output-dir runs/ref   (the quickstart's settings)
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from slipstream.launch.cli import main_guard, parse_config
 from slipstream.launch.config import RunConfig
 from slipstream.launch.metrics import batch_metrics
 from slipstream.launch.models import resolve_model
+from slipstream.launch.quickstart import DEFAULTS as QUICKSTART
 from slipstream.launch.run_dir import (RunDirectory, engine_settings, group_settings,
                                        learner_settings, reward_summary)
 from slipstream.rewards import RewardRunner, build_reward
@@ -98,7 +99,9 @@ async def reference_loop(config: RunConfig) -> RunDirectory:
 
 
 def main() -> None:
-    config = parse_config(output_dir="runs/reference", buffer={"max_lag": 0})
+    # The quickstart's experiment, synchronously: compare the two with the same flags.
+    config = parse_config(**{**QUICKSTART, "output_dir": "runs/reference",
+                             "buffer": {"max_lag": 0}})
     if config.buffer.max_lag != 0:
         raise SlipstreamError("the reference loop is synchronous: buffer.max_lag must be 0")
     asyncio.run(reference_loop(config))
