@@ -14,7 +14,6 @@ groups in flight; their tokens after the update carry the new version. The promp
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 
 import ray
@@ -43,10 +42,6 @@ class RolloutWorker:
         self._env = build_env(spec.env, seed=spec.group.seed)
         self._rewards = RewardRunner(build_reward(spec.reward), timeout_s=spec.reward.timeout_s)
         self._tokenizer = None
-        self._tokens_generated = 0
-        self._groups_done = 0
-        self._reward_errors = 0
-        self._started_at = 0.0
 
     async def start(self) -> None:
         from transformers import AutoTokenizer
@@ -62,7 +57,6 @@ class RolloutWorker:
             raise RuntimeError(f"vLLM engine failed to start for {self._spec.engine.model}: "
                                f"{type(error).__name__}: {detail}") from None
         self._tokenizer = AutoTokenizer.from_pretrained(self._spec.engine.model)
-        self._started_at = time.monotonic()
 
     async def run(self) -> None:
         """Generate until the buffer closes. An exception here ends the run (the controller
@@ -81,9 +75,6 @@ class RolloutWorker:
                 return
             group = await generate_group(self._engine, self._tokenizer, self._rewards,
                                          self._env.prompt(ticket), ticket, self._spec.group)
-            self._tokens_generated += group.completion_tokens
-            self._groups_done += 1
-            self._reward_errors += sum(s.reward_error is not None for s in group.samples)
             await self._buffer.put.remote(ticket, group)
 
     async def update_weights(self, weights_path: str, version: int,
@@ -94,11 +85,10 @@ class RolloutWorker:
         fingerprint = await self._engine.fingerprint(fingerprint_names)
         return {"seconds": seconds, "fingerprint": fingerprint, "version": version}
 
-    async def stats(self) -> dict[str, float]:
-        elapsed = max(time.monotonic() - self._started_at, 1e-9)
-        return {"tokens": self._tokens_generated, "groups": self._groups_done,
-                "reward_errors": self._reward_errors, "elapsed_s": elapsed,
-                "weight_version": self._engine.weight_version}
+    async def stats(self) -> dict[str, int]:
+        """Tokens generated so far, in-flight requests included (the engine's live counter);
+        reward and group statistics come from the batches themselves (launch/metrics.py)."""
+        return {"tokens": self._engine.tokens_generated}
 
     async def shutdown(self) -> None:
         self._rewards.close()

@@ -107,6 +107,9 @@ def test_async_pipeline_runs_syncs_and_fills_the_run_directory(tiny_model, tmp_p
         assert len(sample["sampler_logprobs_T"]) == len(row["trainer_logprobs_T"]) == n
         assert len(sample["versions_T"]) == n
         assert row["learner_version"] - min(sample["versions_T"]) <= 1   # max_lag
+    for path in sorted((out / "rollouts").glob("step-*.jsonl")):
+        step = int(path.stem.split("-")[1])
+        assert {json.loads(line)["step"] for line in path.read_text().splitlines()} == {step}
     assert list((out / "buffer").glob("snapshot-step*.jsonl"))
     assert (out / "buffer" / "snapshot-final.jsonl").exists()
     assert list((out / "checkpoints").iterdir())

@@ -96,8 +96,12 @@ class Learner:
             config=self._deepspeed_config(), dist_init_required=True)
         self.fingerprint_names = fingerprint_names_for(
             [name for name, _ in self.engine.module.named_parameters()])
-        self.version = 0
         self.step = 0
+
+    @property
+    def version(self) -> int:
+        """The policy version: optimizer steps taken (one per train_step)."""
+        return self.step
 
     def _deepspeed_config(self) -> dict:
         s = self.settings
@@ -148,9 +152,10 @@ class Learner:
             trainer_logprobs.extend(
                 tuple(row[: len(s.completion_ids_T)].tolist())
                 for row, s in zip(logprobs.detach(), chunk))
-        trained = tuple(TrainedSample(s, self.step, self.version, a, t)
+        # Steps are numbered from 1 as logged (TensorBoard, rollouts/step-N.jsonl); the learner
+        # version is that of the weights that recomputed the logprobs, before this step.
+        trained = tuple(TrainedSample(s, self.step + 1, self.version, a, t)
                         for s, a, t in zip(samples, advantages, trainer_logprobs))
-        self.version += 1
         self.step += 1
         elapsed = time.perf_counter() - started
         metrics = {**sums, **gap.metrics(),
