@@ -82,7 +82,9 @@ class RunConfig(_Strict):
     output_dir: str = Field("runs/latest", description="The run directory (DESIGN.md layout).")
     seed: int = Field(0, ge=0, description="Seeds the env stream, sampling and the learner.")
     deterministic: bool = Field(False, description=(
-        "Bitwise-equal sampler and trainer logprobs (not implemented yet: refused)."))
+        "Bitwise-equal sampler and trainer logprobs: the learner computes under "
+        "slipstream.trainer.numerics.batch_invariant(), and the rollout workers run the "
+        "reference sampler (a Hugging Face model under the same numerics) instead of vLLM."))
     model: ModelConfig = Field(default_factory=ModelConfig)
     env: EnvConfig = Field(default_factory=ArithmeticEnvConfig)
     reward: RewardConfig = Field(default_factory=MathVerifyRewardConfig)
@@ -105,8 +107,9 @@ class RunConfig(_Strict):
                 " steps are that stale by construction")
         if self.trainer.loss.kl_coef > 0 and not self.trainer.reference_model:
             raise ValueError("trainer.loss.kl_coef > 0 needs trainer.reference_model=true")
-        if self.deterministic:
-            raise ValueError("deterministic mode is not implemented yet; use deterministic=false")
+        if self.deterministic and self.rollout.top_p != 1.0:
+            raise ValueError("deterministic=true samples the full distribution the learner "
+                             "recomputes: rollout.top_p must be 1")
         return self
 
     @property

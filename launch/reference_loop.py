@@ -34,7 +34,7 @@ from slipstream.launch.quickstart import DEFAULTS as QUICKSTART
 from slipstream.launch.run_dir import (RunDirectory, engine_settings, group_settings,
                                        learner_settings, reward_summary)
 from slipstream.rewards import RewardRunner, build_reward
-from slipstream.rollout.engine import VLLMEngine
+from slipstream.rollout.engine import VLLMEngine, build_engine
 from slipstream.rollout.group import generate_group
 from slipstream.trainer.learner import Learner
 from slipstream.trainer.weight_publish import remove_weights_dir
@@ -56,7 +56,7 @@ async def reference_loop(config: RunConfig) -> RunDirectory:
     run = RunDirectory(config)
     env = build_env(config.env, seed=config.seed)
     rewards = RewardRunner(build_reward(config.reward), timeout_s=config.reward.timeout_s)
-    engine = VLLMEngine(engine_settings(config, model_path))
+    engine = build_engine(engine_settings(config, model_path))
     learner_config = learner_settings(config, model_path, run.path)
     learner = Learner(learner_config)
     settings = group_settings(config)

@@ -61,6 +61,20 @@ class EngineSettings:
     gpu_memory_utilization: float = 0.5   # CUDA only: the learner shares the GPU
     enforce_eager: bool = True
     enable_prefix_caching: bool = True
+    # "vllm": VLLMEngine. "reference": the reference sampler (rollout/reference_sampler.py), a
+    # Hugging Face model under batch_invariant(), bitwise equal to the learner: deterministic mode.
+    sampler: str = "vllm"
+
+
+def build_engine(settings: EngineSettings):
+    """The engine `settings.sampler` names; both have the same interface."""
+    if settings.sampler == "reference":
+        from slipstream.rollout.reference_sampler import ReferenceEngine
+
+        return ReferenceEngine(settings)
+    if settings.sampler == "vllm":
+        return VLLMEngine(settings)
+    raise ValueError(f"unknown sampler {settings.sampler!r} (expected 'vllm' or 'reference')")
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,10 @@ def versions_from_spans(spans: Iterable[Any] | None, num_tokens: int) -> tuple[i
 
 
 class VLLMEngine:
+    # In-flight requests keep their KV across an update (module docstring), so a token after
+    # an update is not a function of its own version's weights alone.
+    recomputes_prefix = False
+
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
         self._llm = None

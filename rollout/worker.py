@@ -20,7 +20,7 @@ import ray
 
 from slipstream.envs import EnvConfig, build_env
 from slipstream.rewards import RewardConfig, RewardRunner, build_reward
-from slipstream.rollout.engine import EngineSettings, VLLMEngine
+from slipstream.rollout.engine import EngineSettings, build_engine
 from slipstream.rollout.group import GroupSettings, generate_group
 
 
@@ -38,7 +38,7 @@ class RolloutWorker:
     def __init__(self, spec: WorkerSpec, buffer) -> None:
         self._spec = spec
         self._buffer = buffer
-        self._engine = VLLMEngine(spec.engine)
+        self._engine = build_engine(spec.engine)
         self._env = build_env(spec.env, seed=spec.group.seed)
         self._rewards = RewardRunner(build_reward(spec.reward), timeout_s=spec.reward.timeout_s)
         self._tokenizer = None

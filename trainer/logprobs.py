@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from slipstream.buffer.records import Sample
+from slipstream.trainer.numerics import scaled_log_softmax
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,14 @@ class MicroBatch:
     mask_B_T: torch.Tensor            # True on real completion tokens
     sampler_logprobs_B_T: torch.Tensor
     versions_B_T: torch.Tensor
+    prefix_recomputed_B: torch.Tensor  # bool: the sampler recomputed the KV at every update
+
+    def select(self, rows_B: torch.Tensor) -> MicroBatch:
+        """The sub-batch of the sequences where `rows_B` (bool) is True."""
+        return MicroBatch(*(t[rows_B] for t in (
+            self.input_ids_B_L, self.attention_mask_B_L, self.positions_B_T, self.targets_B_T,
+            self.mask_B_T, self.sampler_logprobs_B_T, self.versions_B_T,
+            self.prefix_recomputed_B)))
 
 
 def collate(samples: Sequence[Sample], pad_id: int) -> MicroBatch:
@@ -40,6 +49,7 @@ def collate(samples: Sequence[Sample], pad_id: int) -> MicroBatch:
     mask = torch.zeros((n, max_comp), dtype=torch.bool)
     sampler = torch.zeros((n, max_comp), dtype=torch.float32)
     versions = torch.zeros((n, max_comp), dtype=torch.long)
+    recomputed = torch.tensor([s.prefix_recomputed for s in samples], dtype=torch.bool)
     for b, s in enumerate(samples):
         p, c = len(s.prompt_ids), len(s.completion_ids_T)
         input_ids[b, : p + c] = torch.tensor(s.prompt_ids + s.completion_ids_T)
@@ -49,7 +59,8 @@ def collate(samples: Sequence[Sample], pad_id: int) -> MicroBatch:
         mask[b, :c] = True
         sampler[b, :c] = torch.tensor(s.sampler_logprobs_T, dtype=torch.float32)
         versions[b, :c] = torch.tensor(s.versions_T)
-    return MicroBatch(input_ids, attention, positions, targets, mask, sampler, versions)
+    return MicroBatch(input_ids, attention, positions, targets, mask, sampler, versions,
+                      recomputed)
 
 
 def token_logprobs(model, batch: MicroBatch, temperature: float,
@@ -59,7 +70,7 @@ def token_logprobs(model, batch: MicroBatch, temperature: float,
                    use_cache=False).logits
     vocab = logits.shape[-1]
     rows = logits.gather(1, batch.positions_B_T.unsqueeze(-1).expand(-1, -1, vocab))
-    logp_all = torch.log_softmax(rows.float() / temperature, dim=-1)
+    logp_all = scaled_log_softmax(rows, temperature)
     logprobs = logp_all.gather(-1, batch.targets_B_T.unsqueeze(-1)).squeeze(-1)
     entropy = None
     if with_entropy:
@@ -73,16 +84,31 @@ def k3(log_ratio: torch.Tensor) -> torch.Tensor:
     return torch.exp(log_ratio) - log_ratio - 1
 
 
+def reproducible_by(version: int, batch: MicroBatch) -> torch.Tensor:
+    """(B, T) bool: tokens whose logprob the weights of `version` reproduce exactly, given the
+    same numerics: the token was sampled by `version`, and so was the KV it attended to. When
+    the sampler recomputed the KV at every update (the reference sampler), the token's own
+    version is enough; when it kept the KV across updates (vLLM), every earlier token of the
+    sample must be of `version` too (the prompt's KV came with the first token)."""
+    own = batch.versions_B_T == version
+    whole_prefix = (torch.cummin(batch.versions_B_T, dim=1).values == version) & \
+        (torch.cummax(batch.versions_B_T, dim=1).values == version)
+    return batch.mask_B_T & torch.where(batch.prefix_recomputed_B.unsqueeze(-1), own,
+                                        whole_prefix)
+
+
 @dataclass
 class GapAccumulator:
     """Sampler-against-trainer gap over a step, split into numerical mismatch and staleness.
 
-    A token counts as *mismatch* when it, and every token before it in its sample, was sampled by
-    the weights the learner holds now: then the sampler computed it, prompt and KV cache
-    included, with exactly the learner's weights, and any gap is numerics alone. Every other
-    token counts as *staleness*: sampled by older weights, or sampled by current weights but
-    attending to KV cache written by older ones (an update landed mid-sample; see
-    rollout/engine.py), which is drift, not numerics.
+    A token counts as *mismatch* when the learner computed it with the weights that sampled it,
+    prompt and KV cache included (`reproducible_by`): any gap is then numerics alone. Normally
+    those are the tokens of the learner's current version; in deterministic mode the learner
+    also recomputes older tokens under the weights of their own version (`own_B_T`, `own_ok_B_T`),
+    so every token is checked. Every other token counts as *staleness*: sampled by older weights,
+    or attending to KV cache written by older ones (an update landed mid-sample; see
+    rollout/engine.py), which is drift, not numerics. Staleness is always measured against the
+    learner's current logprobs.
     """
 
     learner_version: int
@@ -95,20 +121,22 @@ class GapAccumulator:
     staleness_max: int = 0
     total_tokens: int = 0
 
-    def add(self, trainer_B_T: torch.Tensor, batch: MicroBatch) -> None:
+    def add(self, trainer_B_T: torch.Tensor, batch: MicroBatch, own_B_T: torch.Tensor | None = None,
+            own_ok_B_T: torch.Tensor | None = None) -> None:
         trainer = trainer_B_T.detach()
-        kl = k3(trainer - batch.sampler_logprobs_B_T)          # KL(sampler || trainer)
-        # cummin along T: the oldest version among the token and all tokens before it.
-        oldest_so_far = torch.cummin(batch.versions_B_T, dim=1).values
-        same = batch.mask_B_T & (oldest_so_far == self.learner_version)
-        older = batch.mask_B_T & ~same
-        self.mismatch_tokens += int(same.sum())
-        self.mismatch_kl_sum += float(kl[same].sum())
-        if same.any():
-            gap = (trainer - batch.sampler_logprobs_B_T).abs()[same].max()
-            self.mismatch_max_abs = max(self.mismatch_max_abs, float(gap))
+        current = reproducible_by(self.learner_version, batch)
+        checked, checked_logprobs = current, trainer
+        if own_B_T is not None:
+            checked, checked_logprobs = own_ok_B_T & batch.mask_B_T, own_B_T
+        gap = (checked_logprobs - batch.sampler_logprobs_B_T).abs()
+        self.mismatch_tokens += int(checked.sum())
+        kl = k3(checked_logprobs - batch.sampler_logprobs_B_T)          # KL(sampler || trainer)
+        self.mismatch_kl_sum += float(kl[checked].sum())
+        if checked.any():
+            self.mismatch_max_abs = max(self.mismatch_max_abs, float(gap[checked].max()))
+        older = batch.mask_B_T & ~current
         self.stale_tokens += int(older.sum())
-        self.stale_kl_sum += float(kl[older].sum())
+        self.stale_kl_sum += float(k3(trainer - batch.sampler_logprobs_B_T)[older].sum())
         lag = (self.learner_version - batch.versions_B_T)[batch.mask_B_T]
         self.total_tokens += int(batch.mask_B_T.sum())
         self.staleness_sum += float(lag.sum())

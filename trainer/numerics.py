@@ -8,7 +8,8 @@ additions) from the shapes it is given. The fixes, each chosen from measurements
 
 * **Matmul / linear**: `torch.mm` on the CPU changes a row's result with the row count (fp32
   between 1 row and 2+; bf16 at 64 rows). Every linear runs as matmuls of exactly
-  `TILE_ROWS` rows (zero-padded), so a row's result depends only on the row itself.
+  `TILE_ROWS` rows (zero-padded), so a row's result depends only on the row itself (measured:
+  within a tile of fixed shape a row's result depends neither on its neighbours nor on its place).
 * **Attention** reduces over keys in fixed blocks of `KEY_BLOCK`, aligned at key position 0,
   with an online softmax across blocks in order. Every score and every P@V product is a matmul
   of one fixed shape (`TILE_ROWS` queries x `KEY_BLOCK` keys), so a query's result does not
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 
@@ -53,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-TILE_ROWS = 64          # rows of every matmul (ENVIRONMENT.md: bf16 linear changes at 64 rows)
+TILE_ROWS = 16          # rows of every matmul: small, so that decoding a few rows wastes little
 KEY_BLOCK = 16          # keys per attention block
 _VECTOR_ALIGN = 128     # >= 2 x the widest torch CPU vector (64 bf16 lanes on AVX-512)
 ATTENTION_NAME = "slipstream_batch_invariant"
@@ -272,6 +274,12 @@ def _register_with_transformers() -> None:
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, sdpa_mask)
 
 
+def scaled_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log_softmax(logits / temperature) over the last dim, in fp32: the one expression the
+    sampler draws from and the learner recomputes, so both round alike."""
+    return torch.log_softmax(logits.float() / temperature, dim=-1)
+
+
 # ------------------------------------------------------------------------------ the context
 class _BatchInvariantMode(TorchFunctionMode):
     _ROUTES: dict = {}
@@ -304,11 +312,14 @@ class _ModelSwitch:
     choice is put back on exit) and their output embedding is marked for fp32."""
 
     def __init__(self) -> None:
+        from transformers import PreTrainedModel
+
         self.saved: dict[int, tuple[object, str | None]] = {}
+        self.model_class = PreTrainedModel
 
     def __call__(self, module: torch.nn.Module, args: tuple):
-        config = getattr(module, "config", None)
-        if config is not None and hasattr(module, "get_output_embeddings"):
+        if isinstance(module, self.model_class):
+            config = module.config
             if id(config) not in self.saved:
                 self.saved[id(config)] = (config, config._attn_implementation)
                 config._attn_implementation = ATTENTION_NAME
@@ -327,32 +338,59 @@ class _ModelSwitch:
         self.saved.clear()
 
 
-_depth = {"n": 0}
+class _Shared:
+    """What the context changes process-wide (the module hook, the thread count), set up by the
+    first thread that enters and undone by the last that leaves; the TorchFunctionMode itself is
+    per thread (torch keeps modes thread-local)."""
+
+    lock = threading.Lock()
+    users = 0
+    hook = None
+    switch: _ModelSwitch | None = None
+    threads = 1
+
+    @classmethod
+    def acquire(cls) -> None:
+        with cls.lock:
+            if cls.users == 0:
+                _register_with_transformers()
+                _enable_vllm_kernels()
+                cls.switch = _ModelSwitch()
+                cls.hook = torch.nn.modules.module.register_module_forward_pre_hook(cls.switch)
+                cls.threads = torch.get_num_threads()
+                torch.set_num_threads(1)
+            cls.users += 1
+
+    @classmethod
+    def release(cls) -> None:
+        with cls.lock:
+            cls.users -= 1
+            if cls.users == 0:
+                torch.set_num_threads(cls.threads)
+                cls.hook.remove()
+                cls.switch.restore()
+
+
+_local = threading.local()
 
 
 @contextlib.contextmanager
 def batch_invariant() -> Iterator[None]:
     """Run Hugging Face causal LMs (and plain torch code) batch-invariantly; see the module
-    docstring for what changes. Re-entrant; restores threads and attention choices on exit."""
-    if _depth["n"]:
-        _depth["n"] += 1
+    docstring for what changes. Re-entrant and thread-safe; restores the thread count and the
+    models' attention choice when the last user leaves."""
+    if getattr(_local, "depth", 0):
+        _local.depth += 1
         try:
             yield
         finally:
-            _depth["n"] -= 1
+            _local.depth -= 1
         return
-    _register_with_transformers()
-    _enable_vllm_kernels()
-    switch = _ModelSwitch()
-    hook = torch.nn.modules.module.register_module_forward_pre_hook(switch)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    _depth["n"] = 1
+    _Shared.acquire()
+    _local.depth = 1
     try:
         with _BatchInvariantMode():
             yield
     finally:
-        _depth["n"] = 0
-        torch.set_num_threads(threads)
-        hook.remove()
-        switch.restore()
+        _local.depth = 0
+        _Shared.release()
