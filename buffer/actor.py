@@ -4,42 +4,21 @@ The actor is async: a worker's `acquire_ticket` and the learner's `take_batch` w
 `asyncio.Condition` instead of polling, and every state change notifies it. The policy itself
 lives in `ReplayBuffer` (pure, unit-tested); this file only adds waiting and files.
 
-On disk, under `DIR/buffer/` (JSON Lines, readable without Ray or slipstream):
-* `snapshot-stepNNNNNN.jsonl`: every waiting sample, with its group's ticket and its age
-  (learner version minus its oldest token's version) against `max_lag`; `snapshot-final.jsonl`
-  at shutdown, whatever ended the run;
-* `evictions.jsonl`: every evicted group, with the reason.
+On disk, under `DIR/buffer/` (JSON Lines, readable without Ray or slipstream), written by
+buffer/snapshots.py: `snapshot-stepNNNNNN.jsonl` and `snapshot-final.jsonl` (every waiting
+sample with its age against `max_lag`), `evictions.jsonl` (every evicted group, with the reason).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 from pathlib import Path
 
 import ray
 
-from slipstream.buffer.records import Group, to_json_dict
+from slipstream.buffer.records import Group
 from slipstream.buffer.replay import ReplayBuffer
-
-
-def write_snapshot(buffer: ReplayBuffer, directory: Path, step: int | str,
-                   learner_version: int) -> Path:
-    """Every waiting sample with its age; `step` "final" names the snapshot taken at shutdown."""
-    name = f"step{step:06d}" if isinstance(step, int) else str(step)
-    path = directory / f"snapshot-{name}.jsonl"
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w") as out:
-        for ticket in sorted(buffer.waiting):
-            group = buffer.waiting[ticket]
-            for sample in group.samples:
-                row = {"ticket": ticket, "learner_version": learner_version,
-                       "age": learner_version - sample.oldest_version,
-                       "max_lag": buffer.max_lag, "sample": to_json_dict(sample)}
-                out.write(json.dumps(row) + "\n")
-    tmp.rename(path)
-    return path
+from slipstream.buffer.snapshots import append_evictions, write_snapshot
 
 
 @ray.remote(num_cpus=0)
@@ -92,11 +71,7 @@ class ReplayBufferActor:
             return None
 
     def _log_evictions(self, evictions: list) -> None:
-        if not evictions:
-            return
-        with (self._dir / "evictions.jsonl").open("a") as out:
-            for eviction in evictions:
-                out.write(json.dumps(dataclasses.asdict(eviction)) + "\n")
+        append_evictions(self._dir, evictions)
 
     async def snapshot(self, step: int | str, learner_version: int) -> str:
         return str(write_snapshot(self._buffer, self._dir, step, learner_version))

@@ -37,6 +37,18 @@ class Sample:
     env_metadata: Mapping[str, Any] = field(default_factory=dict)
     worker_id: int = 0
     created_at: float = field(default_factory=time.time)
+    # The decoded string of each generated token, so the inspector needs no tokenizer. Their
+    # concatenation is the decoded completion; a token ending inside a multi-byte character
+    # holds "" and the character appears on the token that completes it (rollout/group.py).
+    # Empty when the writer had no tokenizer (older runs, unit tests).
+    token_texts_T: tuple[str, ...] = ()
+    # Named components of the reward when the reward exposes any (today's rewards do not).
+    reward_parts: Mapping[str, float] = field(default_factory=dict)
+    # True when the sampler recomputed the KV cache of this sample's whole prefix after every
+    # weight update (the reference sampler), so each token's logprob depends on the weights of
+    # its own version alone; False when the KV was kept across updates (vLLM: trainer/logprobs.py
+    # `reproducible_by`).
+    prefix_recomputed: bool = False
 
     def __post_init__(self) -> None:
         n = len(self.completion_ids_T)
@@ -44,6 +56,9 @@ class Sample:
             raise ValueError(
                 f"sample {self.sample_id}: {n} tokens but {len(self.sampler_logprobs_T)} logprobs "
                 f"and {len(self.versions_T)} versions")
+        if self.token_texts_T and len(self.token_texts_T) != n:
+            raise ValueError(f"sample {self.sample_id}: {n} tokens but "
+                             f"{len(self.token_texts_T)} token texts")
 
     @property
     def oldest_version(self) -> int:
@@ -84,6 +99,18 @@ class TrainedSample:
     learner_version: int                # the weights that recomputed the logprobs
     advantage: float
     trainer_logprobs_T: tuple[float, ...]
+    # What the loss did with each token (trainer/losses/base.py MASK_REASONS), empty when the
+    # loss did not say: the importance weight it applied after clipping or truncation, whether
+    # the token gave no policy gradient (`masked_T`), and why ("" trained as is, "ppo_clip"
+    # masked by the PPO clip, "tis_truncated" trained with its TIS weight capped).
+    importance_weights_T: tuple[float, ...] = ()
+    masked_T: tuple[bool, ...] = ()
+    mask_reasons_T: tuple[str, ...] = ()
+    reuse_count: int = 0                # earlier steps that trained on this sample (no reuse yet)
+    # Deterministic mode only: the trainer's logprob of each token under the weights of the
+    # version that sampled it (current-version tokens: the training forward's own), which the
+    # sampler's must equal bitwise; None where no such recomputation was made.
+    own_version_logprobs_T: tuple[float, ...] | None = None
 
 
 def to_json_dict(record: Sample | Group | TrainedSample) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from slipstream.trainer.weight_publish import shm_dir
 def engine_settings(config: RunConfig, model_path: str) -> EngineSettings:
     return EngineSettings(model=model_path, dtype=config.model.dtype,
                           max_model_len=config.model.max_model_len,
-                          kv_cache_gb=config.rollout.kv_cache_gb, seed=config.seed)
+                          kv_cache_gb=config.rollout.kv_cache_gb, seed=config.seed,
+                          sampler="reference" if config.deterministic else "vllm")
 
 
 def group_settings(config: RunConfig, worker_id: int = 0) -> GroupSettings:
@@ -44,7 +45,8 @@ def learner_settings(config: RunConfig, model_path: str, run_dir: Path) -> Learn
         lr=t.lr, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
         grad_clip=t.grad_clip, zero_stage=t.zero_stage, threads=t.threads,
         temperature=config.rollout.temperature, reference_model=t.reference_model,
-        seed=config.seed, weights_dir=str(shm_dir(f"{run_dir.resolve().name}-{os.getpid()}")))
+        seed=config.seed, deterministic=config.deterministic, max_lag=config.buffer.max_lag,
+        weights_dir=str(shm_dir(f"{run_dir.resolve().name}-{os.getpid()}")))
 
 
 class RunDirectory:

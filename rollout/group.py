@@ -30,6 +30,28 @@ def sample_seed(run_seed: int, ticket: int, index: int) -> int:
     return (run_seed * 1_000_003 + ticket * 1_009 + index) % (2**31 - 1)
 
 
+def token_texts(tokenizer, token_ids: tuple[int, ...]) -> tuple[str, ...]:
+    """The decoded string of each token, such that their concatenation is the decoded text.
+
+    Decoding each id alone breaks both kinds of tokenizer: a byte-level BPE token that ends
+    inside a multi-byte character decodes to U+FFFD, and a SentencePiece piece loses its leading
+    space. So each token's string is the text it adds to the decoding of its preceding tokens
+    (with a few tokens of left context); a token that leaves a character unfinished gets "" and
+    the character lands on the token that completes it. Cost is O(T) small decodes."""
+    texts: list[str] = []
+    start = 0                          # first token whose text is not emitted yet
+    for end in range(1, len(token_ids) + 1):
+        context = max(0, start - 4)
+        before = tokenizer.decode(token_ids[context:start], skip_special_tokens=False)
+        after = tokenizer.decode(token_ids[context:end], skip_special_tokens=False)
+        if after.endswith("\ufffd") and end - start < 4:
+            texts.append("")           # an unfinished character: wait for its next bytes
+            continue
+        texts.append(after[len(before):] if after.startswith(before) else after)
+        start = end
+    return tuple(texts)
+
+
 def encode_prompt(tokenizer, prompt: Prompt) -> tuple[str, list[int]]:
     """The chat-templated prompt text and its token ids (the template adds the special tokens)."""
     text = tokenizer.apply_chat_template(list(prompt.messages), tokenize=False,
@@ -57,8 +79,9 @@ async def generate_group(engine: VLLMEngine, tokenizer, rewards: RewardRunner, p
             prompt_ids=tuple(prompt_ids), completion_ids_T=c.token_ids,
             sampler_logprobs_T=c.logprobs, versions_T=c.versions, prompt_text=prompt_text,
             completion_text=c.text, finish_reason=c.finish_reason, reference=prompt.reference,
+            token_texts_T=token_texts(tokenizer, c.token_ids),
             reward=r.score, reward_error=r.error, env_metadata=dict(prompt.metadata),
-            worker_id=settings.worker_id,
+            worker_id=settings.worker_id, prefix_recomputed=engine.recomputes_prefix,
         )
         for i, (c, r) in enumerate(zip(completions, results)))
     return Group(group_id=group_id, ticket=ticket, prompt_id=prompt.prompt_id, samples=samples)

@@ -13,6 +13,7 @@ The same class runs inside the pipeline (as a Ray actor) and in the synchronous 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -26,6 +27,9 @@ from slipstream.rollout.weight_transfer import fingerprint_names_for
 from slipstream.trainer.advantages import group_advantages
 from slipstream.trainer.logprobs import GapAccumulator, collate, token_logprobs
 from slipstream.trainer.losses import LossConfig, LossInputs, compute_loss
+from slipstream.trainer.losses.base import token_records
+from slipstream.trainer.numerics import batch_invariant
+from slipstream.trainer.version_replay import VersionReplay
 from slipstream.trainer.weight_publish import WeightsFile, remove_old_weight_files, write_weights_file
 
 
@@ -46,6 +50,8 @@ class LearnerSettings:
     reference_model: bool
     seed: int
     weights_dir: str             # where published weight files go (tmpfs)
+    deterministic: bool = False  # batch-invariant numerics; stale tokens replayed (version_replay)
+    max_lag: int = 0             # how many versions back a trained token may come from
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,14 @@ class Learner:
         self.fingerprint_names = fingerprint_names_for(
             [name for name, _ in self.engine.module.named_parameters()])
         self.step = 0
+        self.replay = None
+        if settings.deterministic:
+            self.replay = VersionReplay(self.engine.module, settings.max_lag)
+            self.replay.keep(0)
+
+    def _numerics(self):
+        """batch_invariant() in deterministic mode: the sampler computes under it too."""
+        return batch_invariant() if self.settings.deterministic else contextlib.nullcontext()
 
     @property
     def version(self) -> int:
@@ -126,36 +140,39 @@ class Learner:
         gap = GapAccumulator(self.version)
         sums: dict[str, float] = {"loss/total": 0.0, "entropy/mean": 0.0}
         trainer_logprobs: list[tuple[float, ...]] = []
+        loss_tokens: list[dict[str, tuple]] = []     # per sample: weights and mask reasons
+        own_logprobs: list[tuple[float, ...] | None] = []
+        if self.replay is not None:
+            self.replay.prune(self.version)
         micro = self.settings.micro_batch_size
         for start in range(0, len(samples), micro):
             chunk = samples[start:start + micro]
             batch = collate(chunk, self.pad_id)
-            logprobs, entropy = token_logprobs(self.engine, batch, self.settings.temperature,
-                                               with_entropy=True)
-            ref = None
-            if self.reference is not None:
-                with torch.no_grad():
-                    ref, _ = token_logprobs(self.reference, batch, self.settings.temperature)
-            out = compute_loss(LossInputs(
-                logprobs_B_T=logprobs, sampler_logprobs_B_T=batch.sampler_logprobs_B_T,
-                advantages_B=torch.tensor(advantages[start:start + micro], dtype=torch.float32),
-                mask_B_T=batch.mask_B_T, ref_logprobs_B_T=ref, total_tokens=total_tokens,
-                total_sequences=len(samples)), self.settings.loss)
-            self.engine.backward(out.loss, scale_wrt_gas=False)
-            self.engine.step()
+            out, logprobs, entropy = self._train_micro_batch(
+                batch, advantages[start:start + micro], total_tokens, len(samples))
             sums["loss/total"] += float(out.loss.detach())
             sums["entropy/mean"] += float(entropy[batch.mask_B_T].sum()) / max(total_tokens, 1)
             for key, value in out.metrics.items():
                 sums[key] = max(sums.get(key, value), value) if key.endswith("_max") else \
                     sums.get(key, 0.0) + value
-            gap.add(logprobs, batch)
+            lengths = [len(s.completion_ids_T) for s in chunk]
+            if self.replay is None:
+                gap.add(logprobs, batch)
+                own_logprobs.extend([None] * len(chunk))
+            else:
+                own, own_ok = self.replay.own_version_logprobs(
+                    batch, logprobs, self.version, self.settings.temperature)
+                gap.add(logprobs, batch, own, own_ok)
+                own_logprobs.extend(tuple(row[:n].tolist()) for row, n in zip(own, lengths))
             trainer_logprobs.extend(
-                tuple(row[: len(s.completion_ids_T)].tolist())
-                for row, s in zip(logprobs.detach(), chunk))
+                tuple(row[:n].tolist()) for row, n in zip(logprobs.detach(), lengths))
+            loss_tokens.extend(token_records(out, lengths))
         # Steps are numbered from 1 as logged (TensorBoard, rollouts/step-N.jsonl); the learner
         # version is that of the weights that recomputed the logprobs, before this step.
-        trained = tuple(TrainedSample(s, self.step + 1, self.version, a, t)
-                        for s, a, t in zip(samples, advantages, trainer_logprobs))
+        trained = tuple(TrainedSample(s, self.step + 1, self.version, a, t, **per_token,
+                                      own_version_logprobs_T=own)
+                        for s, a, t, per_token, own in zip(samples, advantages, trainer_logprobs,
+                                                           loss_tokens, own_logprobs))
         self.step += 1
         elapsed = time.perf_counter() - started
         metrics = {**sums, **gap.metrics(),
@@ -165,12 +182,34 @@ class Learner:
                    "throughput/train_tokens_per_s": sum(s.num_tokens for s in samples) / elapsed}
         return StepResult(self.step, self.version, metrics, trained)
 
+    def _train_micro_batch(self, batch, advantages: list[float], total_tokens: int,
+                           total_sequences: int):
+        """Forward (under the configured numerics), loss, backward, and DeepSpeed's step (which
+        only updates the weights at the end of the step's accumulation)."""
+        with self._numerics():
+            logprobs, entropy = token_logprobs(self.engine, batch, self.settings.temperature,
+                                               with_entropy=True)
+            ref = None
+            if self.reference is not None:
+                with torch.no_grad():
+                    ref, _ = token_logprobs(self.reference, batch, self.settings.temperature)
+        out = compute_loss(LossInputs(
+            logprobs_B_T=logprobs, sampler_logprobs_B_T=batch.sampler_logprobs_B_T,
+            advantages_B=torch.tensor(advantages, dtype=torch.float32),
+            mask_B_T=batch.mask_B_T, ref_logprobs_B_T=ref, total_tokens=total_tokens,
+            total_sequences=total_sequences), self.settings.loss)
+        self.engine.backward(out.loss, scale_wrt_gas=False)
+        self.engine.step()
+        return out, logprobs, entropy
+
     def publish(self) -> WeightsFile:
         """Write the current weights as one packed file on tmpfs for the rollout workers."""
         named = ((name, p.detach()) for name, p in self.engine.module.named_parameters())
         weights = write_weights_file(named, self.settings.weights_dir, self.version,
                                      self.fingerprint_names)
         remove_old_weight_files(self.settings.weights_dir, keep_version=self.version)
+        if self.replay is not None:
+            self.replay.keep(self.version)
         return weights
 
     def ready(self) -> bool:

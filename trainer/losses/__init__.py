@@ -13,7 +13,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field
 
-from slipstream.trainer.losses.base import LossInputs, LossOutput
+from slipstream.trainer.losses.base import MASK_REASONS, MASKING_REASONS, LossInputs, LossOutput
 from slipstream.trainer.losses.grpo import GRPOLossConfig, grpo_loss
 
 # With one member `Union[X]` collapses to X, and pydantic (2.x) still accepts the discriminator on
@@ -32,4 +32,4 @@ def compute_loss(inputs: LossInputs, config: LossConfig) -> LossOutput:
     return _LOSSES[config.kind](inputs, config)
 
 
-__all__ = ["GRPOLossConfig", "LossConfig", "LossInputs", "LossOutput", "compute_loss"]
+__all__ = ["MASK_REASONS", "MASKING_REASONS", "GRPOLossConfig", "LossConfig", "LossInputs", "LossOutput", "compute_loss"]

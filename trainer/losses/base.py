@@ -16,6 +16,13 @@ from torch import Tensor
 
 Aggregation = Literal["token_mean", "sequence_mean"]
 
+# Why a token's policy gradient was changed, by code (the index into this tuple) in
+# `LossOutput.mask_reason_B_T`: "" trained as is; "ppo_clip" the clipped branch of PPO's min won,
+# so the token gave no policy gradient (masked); "tis_truncated" its truncated-importance weight
+# was capped at tis_cap (still trained, with the capped weight; not masked).
+MASK_REASONS: tuple[str, ...] = ("", "ppo_clip", "tis_truncated")
+MASKING_REASONS = frozenset({"ppo_clip"})   # the reasons that leave a token without gradient
+
 
 @dataclass(frozen=True)
 class LossInputs:
@@ -56,6 +63,11 @@ class LossOutput:
     # Summable contributions: each value is already this micro-batch's share of a batch mean, so
     # the learner SUMS them over micro-batches; keys ending in "_max" are maxima (take the max).
     metrics: dict[str, float]
+    # Per token, for the run's records (DIR/rollouts/, the inspector); None when a loss does not
+    # report them. No gradient. The importance weight the policy term applied after clipping or
+    # truncation (float32), and the MASK_REASONS code of each token (int8; 0 on padding).
+    importance_weight_B_T: Tensor | None = None
+    mask_reason_B_T: Tensor | None = None
 
 
 def masked(values_B_T: Tensor, mask_B_T: Tensor) -> Tensor:
@@ -80,3 +92,20 @@ def masked_share(values_B_T: Tensor, inputs: LossInputs, aggregation: Aggregatio
         tokens_B = inputs.mask_B_T.sum(-1).clamp(min=1).to(kept_B_T.dtype)
         return (kept_B_T.sum(-1) / tokens_B).sum() / max(inputs.total_sequences, 1)
     raise ValueError(f"unknown aggregation {aggregation!r}")
+
+
+def token_records(out: LossOutput, lengths: list[int]) -> list[dict[str, tuple]]:
+    """Per sample of the micro-batch, the per-token fields of its `TrainedSample`
+    (`importance_weights_T`, `masked_T`, `mask_reasons_T`), cut to its real length; empty dicts
+    when the loss reports none. Python floats of float32 values: written to JSON exactly."""
+    if out.importance_weight_B_T is None or out.mask_reason_B_T is None:
+        return [{} for _ in lengths]
+    weights = out.importance_weight_B_T.detach().float().cpu().tolist()
+    codes = out.mask_reason_B_T.cpu().tolist()
+    records = []
+    for n, weight_row, code_row in zip(lengths, weights, codes):
+        reasons = tuple(MASK_REASONS[c] for c in code_row[:n])
+        records.append({"importance_weights_T": tuple(weight_row[:n]),
+                        "masked_T": tuple(r in MASKING_REASONS for r in reasons),
+                        "mask_reasons_T": reasons})
+    return records

@@ -34,7 +34,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from slipstream.trainer.losses.base import LossInputs, LossOutput, masked, masked_share
+from slipstream.trainer.losses.base import (MASK_REASONS, LossInputs, LossOutput, masked,
+                                            masked_share)
 
 
 class GRPOLossConfig(BaseModel):
@@ -123,4 +124,30 @@ def grpo_loss(inputs: LossInputs, cfg: GRPOLossConfig) -> LossOutput:
         stats["loss/kl"] = kl_term.detach()
         stats["kl/ref"] = masked_share(k3_B_T.detach(), inputs, "token_mean")
     values = torch.stack([v.float() for v in stats.values()]).tolist()
-    return LossOutput(loss=loss, metrics=dict(zip(stats, values)))
+    weight_B_T, reason_B_T = _token_record(logp.detach(), sampler, clip_active, raw_weight,
+                                           mask, cfg)
+    return LossOutput(loss=loss, metrics=dict(zip(stats, values)),
+                      importance_weight_B_T=weight_B_T, mask_reason_B_T=reason_B_T)
+
+
+def _token_record(logp: Tensor, sampler: Tensor, clip_active: Tensor, raw_weight: Tensor | None,
+                  mask: Tensor, cfg: GRPOLossConfig) -> tuple[Tensor, Tensor]:
+    """Per token, the importance weight the policy term really applied and why it differs from
+    the plain ratio (MASK_REASONS codes).
+
+    Without TIS the weight is the ratio to the sampler, replaced by its clipped value where the
+    clipped branch won ("ppo_clip": that branch is a constant, so the token gave no gradient).
+    With TIS it is the truncated weight w ("tis_truncated" where the cap bound); the clip acts on
+    r = 1 and never binds after one optimizer step, but is reported the same way if it does."""
+    with torch.no_grad():
+        reason = torch.zeros(mask.shape, dtype=torch.int8, device=mask.device)
+        if raw_weight is not None:
+            weight = raw_weight.clamp(max=cfg.tis_cap)
+            reason[raw_weight > cfg.tis_cap] = MASK_REASONS.index("tis_truncated")
+        else:
+            ratio = torch.exp(logp - sampler)
+            weight = torch.where(clip_active,
+                                 ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_high), ratio)
+        reason[clip_active] = MASK_REASONS.index("ppo_clip")
+        reason[~mask] = 0
+        return masked(weight.float(), mask), reason

@@ -1,0 +1,143 @@
+// slipstream inspector: the token view of one sample, the group view of one prompt's siblings,
+// and the buffer view (what waits, its age against max_lag, evictions by reason).
+"use strict";
+
+const Views = (() => {
+  const MODES = ["gap", "weight", "version", "surprisal"];
+
+  function chips(pairs) {
+    return h("div", {class: "chips"}, ...pairs.map(([label, value, cls]) =>
+      h("span", {class: `chip ${cls || ""}`}, h("span", {class: "chip-label", text: label}),
+        h("span", {class: "chip-value", text: value}))));
+  }
+
+  function notFound(section, what) {
+    section.replaceChildren(h("p", {class: "empty", text: `${what} is not in this run` +
+      (Source.live ? "." : " or was not included in this export.")}));
+  }
+
+  function detailTable(rows) {
+    return h("table", {class: "detail"}, ...rows.map(([label, value]) =>
+      h("tr", {}, h("th", {text: label}), h("td", {text: value}))));
+  }
+
+  async function sample(section, params) {
+    const record = await Source.sample(params.id, params.step);
+    if (!record) { notFound(section, `sample ${params.id || "?"} at step ${params.step || "?"}`); return; }
+    const s = record.sample;
+    const mode = MODES.includes(params.color) ? params.color : "gap";
+    const versions = [...new Set(s.versions_T)].sort((a, b) => a - b);
+    const header = h("h2", {}, "sample ", h("code", {text: s.sample_id}), " · step ",
+                     String(record.step), " · group ", link(s.group_id, {view: "group", id: s.group_id}));
+    const meta = chips([
+      ["reward", String(s.reward), s.reward_error ? "bad" : ""],
+      ...(s.reward_error ? [["reward error", s.reward_error, "bad"]] : []),
+      ...Object.entries(s.reward_parts || {}).map(([k, v]) => [`reward.${k}`, String(v)]),
+      ["advantage", String(record.advantage)], ["finish", s.finish_reason],
+      ["tokens", String(s.completion_ids_T.length)], ["learner version", String(record.learner_version)],
+      ["weight versions", versions.map((v) => `v${v}`).join(", ")],
+      ["staleness", String(record.learner_version - Math.min(...(s.versions_T.length ? s.versions_T : [record.learner_version])))],
+      ["reuse", String(record.reuse_count ?? 0)]]);
+    const modeSelect = h("select", {id: "color-mode", onchange: (e) => navigate({...params, color: e.target.value})},
+      ...MODES.map((m) => h("option", {value: m, text: Scales.MODES[m].label, ...(m === mode ? {selected: ""} : {})})));
+    const legend = h("div", {class: "legend", id: "legend"});
+    const tokensBox = h("div", {class: "tokens", id: "tokens"});
+    const panel = h("div", {class: "token-detail", id: "token-detail"},
+                    h("p", {class: "hint", text: "Hover a token for its numbers; click to pin them here."}));
+    const started = performance.now();
+    const tokens = TokenView.render(tokensBox, record, mode);
+    const elapsed = performance.now() - started;
+    section.dataset.renderMs = elapsed.toFixed(2);
+    const present = versions.length > 1 ? `this sample spans ${versions.map((v) => `v${v}`).join(" → ")}` : "";
+    TokenView.legend(legend, mode, present);
+    tokensBox.addEventListener("mousemove", (event) => {
+      const span = event.target.closest(".tok");
+      if (!span) { Tooltip.hide(); return; }
+      Tooltip.show(event, TokenView.details(tokens[Number(span.dataset.i)]));
+    });
+    tokensBox.addEventListener("mouseleave", () => Tooltip.hide());
+    tokensBox.addEventListener("click", (event) => {
+      const span = event.target.closest(".tok");
+      if (!span) return;
+      for (const old of tokensBox.querySelectorAll(".pinned")) old.classList.remove("pinned");
+      span.classList.add("pinned");
+      panel.replaceChildren(h("h3", {text: `token #${span.dataset.i}`}),
+                            detailTable(TokenView.details(tokens[Number(span.dataset.i)])));
+    });
+    const timing = h("p", {class: "hint", id: "render-time",
+                           text: `${tokens.length} tokens drawn in ${elapsed.toFixed(1)} ms`});
+    section.replaceChildren(header, meta,
+      h("div", {class: "toolbar"}, h("label", {}, "colour by ", modeSelect)), legend,
+      h("div", {class: "token-layout"}, tokensBox, panel), timing,
+      h("details", {}, h("summary", {text: "prompt"}), h("pre", {class: "text", text: s.prompt_text})),
+      h("details", {}, h("summary", {text: "completion text"}), h("pre", {class: "text", text: s.completion_text})));
+  }
+
+  async function group(section, params) {
+    const rows = state.rows.filter((r) => r.group === params.id);
+    if (!rows.length) { notFound(section, `group ${params.id || "?"}`); return; }
+    const records = await Promise.all(rows.map((r) => Source.sample(r.id, r.step)));
+    const rewards = rows.map((r) => r.reward);
+    const zeroVariance = rewards.every((r) => r === rewards[0]);
+    const parts = [h("h2", {}, "group ", h("code", {text: params.id}), ` · ${rows.length} samples`)];
+    if (zeroVariance) {
+      parts.push(h("div", {class: "banner warn", id: "zero-variance",
+        text: `Zero-variance group: every reward is ${rewards[0]}, so every advantage is 0 and this prompt gave no learning signal.`}));
+    }
+    const prompt = records.find((r) => r)?.sample.prompt_text;
+    if (prompt !== undefined) parts.push(h("details", {}, h("summary", {text: "prompt"}), h("pre", {class: "text", text: prompt})));
+    const cards = rows.map((row, i) => {
+      const record = records[i];
+      return h("div", {class: "sibling", dataset: {id: row.id}},
+        h("div", {class: "sibling-head"}, link(row.id, {view: "sample", id: row.id, step: row.step})),
+        chips([["reward", String(row.reward)], ["advantage", short(row.advantage), row.advantage > 0 ? "good" : row.advantage < 0 ? "bad" : ""],
+               ["step", String(row.step)], ["finish", row.finish], ["tokens", String(row.len)],
+               ["max |gap|", short(row.max_gap)], ["stale", String(row.staleness)]]),
+        h("pre", {class: "text", text: record ? record.sample.completion_text : row.text}));
+    });
+    parts.push(h("div", {class: "siblings"}, ...cards));
+    section.replaceChildren(...parts);
+  }
+
+  async function buffer(section, params) {
+    const info = await Source.buffer(params.snapshot);
+    if (!info || !info.snapshots.length) {
+      section.replaceChildren(h("p", {class: "empty", text: "No buffer snapshots in this run (DIR/buffer/)."}));
+    } else {
+      section.replaceChildren();
+    }
+    const parts = [];
+    if (info && info.snapshots.length) {
+      const select = h("select", {id: "snapshot", onchange: (e) => navigate({view: "buffer", snapshot: e.target.value})},
+        ...info.snapshots.map((n) => h("option", {value: n, text: n, ...(n === info.snapshot ? {selected: ""} : {})})));
+      const ages = {};
+      for (const row of info.rows) ages[row.age] = (ages[row.age] || 0) + 1;
+      const groups = new Set(info.rows.map((r) => r.group)).size;
+      parts.push(h("div", {class: "toolbar"}, h("label", {}, "snapshot ", select)),
+        chips([["waiting samples", String(info.rows.length)], ["groups", String(groups)],
+               ...Object.entries(ages).map(([age, n]) => [`age ${age}`, String(n)])]));
+      const head = h("tr", {}, ...["ticket", "group", "sample", "age / max_lag", "versions", "reuse", "tokens", "reward", "completion"]
+        .map((t) => h("th", {text: t})));
+      const body = info.rows.map((r) => h("tr", {},
+        h("td", {class: "num", text: String(r.ticket)}), h("td", {text: r.group}), h("td", {text: r.id}),
+        h("td", {class: `num ${r.age > r.max_lag ? "over" : r.age === r.max_lag ? "at-bound" : ""}`, text: `${r.age} / ${r.max_lag}`}),
+        h("td", {text: r.version_min === r.version_max ? `v${r.version_min}` : `v${r.version_min}–v${r.version_max}`}),
+        h("td", {class: "num", text: String(r.reuse)}), h("td", {class: "num", text: String(r.len)}),
+        h("td", {class: "num", text: short(r.reward)}), h("td", {class: "preview", text: r.text})));
+      parts.push(h("table", {class: "samples", id: "waiting"}, h("thead", {}, head), h("tbody", {}, ...body)));
+    }
+    const evictions = (info && info.evictions) || [];
+    parts.push(h("h3", {text: `evictions · ${evictions.length}`}),
+      chips(Object.entries((info && info.eviction_counts) || {}).map(([reason, n]) => [reason, String(n), "bad"])));
+    if (evictions.length) {
+      const head = h("tr", {}, ...["group", "ticket", "reason", "oldest version", "learner version"].map((t) => h("th", {text: t})));
+      parts.push(h("table", {class: "samples", id: "evictions"}, h("thead", {}, head), h("tbody", {},
+        ...evictions.map((e) => h("tr", {}, h("td", {text: e.group_id}), h("td", {class: "num", text: String(e.ticket)}),
+          h("td", {text: e.reason}), h("td", {class: "num", text: String(e.oldest_version)}),
+          h("td", {class: "num", text: String(e.learner_version)}))))));
+    }
+    section.append(...parts);
+  }
+
+  return {sample, group, buffer};
+})();

@@ -1,0 +1,42 @@
+"""Shared by the inspector's API and browser tests: a demo run served on a free port."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+from slipstream.buffer.inspector.server import InspectorServer
+from slipstream.buffer.inspector.store import RunStore
+
+
+@contextmanager
+def serving(run_dir: Path):
+    server = InspectorServer(RunStore(run_dir), "127.0.0.1", 0, allow_remote=False)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def request(server: InspectorServer, path: str, method: str = "GET",
+            host: str | None = None) -> tuple[int, dict, bytes]:
+    port = server.server_address[1]
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Host": host if host is not None else f"127.0.0.1:{port}"}
+    connection.request(method, path, headers=headers)
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    return response.status, dict(response.getheaders()), body
+
+
+def get_json(server: InspectorServer, path: str):
+    status, _, body = request(server, path)
+    return status, json.loads(body)

@@ -1,0 +1,252 @@
+"""The inspector in a real headless browser: Debian's Chromium driven by Playwright.
+
+The browser is the system's /usr/bin/chromium (`.ci/run` installs it with apt); nothing is
+downloaded at test time. Every request the page makes is routed through `guard`, which lets only
+the local server (or the export's own file://) through and records anything else, and each test
+ends by asserting that nothing else was asked for. Where Chromium is missing the tests fail under
+CI (CI=true) and skip, with the reason, elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from inspector_helpers import serving
+
+from slipstream.buffer.inspector import demo
+from slipstream.buffer.inspector.export import export_html
+from slipstream.buffer.inspector.query import parse_query
+from slipstream.buffer.inspector.store import RunStore
+
+CHROMIUM = os.environ.get("SLIPSTREAM_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _require_chromium() -> None:
+    missing = not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists()
+    if missing or not _has_playwright():
+        reason = f"browser tests need {CHROMIUM} (apt-get install chromium) and playwright"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def _has_playwright() -> bool:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return demo.make_demo_run(tmp_path_factory.mktemp("browser") / "run")
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    with serving(run) as server:
+        yield server
+
+
+class Guarded:
+    """A page whose every request is checked; `foreign` lists any that tried to leave."""
+
+    def __init__(self, browser, allowed_netloc: str | None) -> None:
+        self.page = browser.new_page(viewport={"width": 1400, "height": 900})
+        self.foreign: list[str] = []
+        self.dialogs: list[str] = []
+        self.errors: list[str] = []
+        self.page.on("dialog", self._dialog)
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.route("**/*", self._route)
+        self._allowed = allowed_netloc
+
+    def _dialog(self, dialog) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def _route(self, route) -> None:
+        url = urlsplit(route.request.url)
+        local = (url.scheme == "file") or (url.scheme == "http" and url.netloc == self._allowed)
+        if local or url.scheme in ("data", "blob"):
+            route.continue_()
+        else:
+            self.foreign.append(route.request.url)
+            route.abort()
+
+    def open(self, url: str) -> None:
+        self.page.goto(url)
+        self.page.wait_for_selector("body[data-ready='1']", timeout=10_000)
+        # A new fragment on the same document re-renders without a reload: wait for it.
+        self.page.wait_for_function("document.body.dataset.renderedHash === location.hash")
+
+    def check_clean(self) -> None:
+        assert self.foreign == [], self.foreign
+        assert self.dialogs == [], self.dialogs
+        assert self.errors == [], self.errors
+        self.page.close()
+
+
+@pytest.fixture()
+def page(browser, server):
+    guarded = Guarded(browser, f"127.0.0.1:{server.server_address[1]}")
+    guarded.base = server.url
+    yield guarded
+    guarded.check_clean()
+
+
+def _expected_gap_colour(gap: float) -> str:
+    """The documented gap scale (static/tokens.js): log10 |gap| from 1e-8 to 1 over three
+    stops; computed here independently of the page."""
+    stops = [(0.0, (255, 247, 188)), (0.5, (254, 153, 41)), (1.0, (153, 52, 4))]
+    t = min(1.0, max(0.0, (math.log10(abs(gap)) + 8) / 8))
+    for (p0, c0), (p1, c1) in zip(stops, stops[1:]):
+        if t <= p1:
+            f = (t - p0) / (p1 - p0)
+            r, g, b = (math.floor(a + (b_ - a) * f + 0.5) for a, b_ in zip(c0, c1))
+            return f"rgb({r}, {g}, {b})"
+    raise AssertionError("unreachable")
+
+
+def test_sorting_by_gap_puts_the_known_sample_first(page):
+    page.open(page.base + "#view=samples")
+    page.page.click("a[data-sort='max_gap']")           # ascending
+    page.page.click("a[data-sort='max_gap']")           # descending
+    page.page.wait_for_function("location.hash.includes('desc=1')")
+    first = page.page.locator("table.samples tbody tr").first
+    assert first.get_attribute("data-id") == demo.DEMO_LARGEST_GAP_ID
+    assert "sort=max_gap" in page.page.evaluate("location.hash")   # the state is in the URL
+
+
+def test_a_known_token_has_the_expected_colour_tooltip_and_detail(page, run):
+    store = RunStore(run)
+    row = store.find_row(demo.DEMO_LARGEST_GAP_ID)
+    record = store.sample(row["id"], row["step"])
+    i = demo.DEMO_LARGEST_GAP_TOKEN
+    gap = record["trainer_logprobs_T"][i] - record["sample"]["sampler_logprobs_T"][i]
+    page.open(page.base + f"#view=sample&id={row['id']}&step={row['step']}&color=gap")
+    token = page.page.locator(f"#tokens .tok[data-i='{i}']")
+    colour = token.evaluate("node => getComputedStyle(node).backgroundColor")
+    assert colour == _expected_gap_colour(gap)
+    token.hover()
+    tooltip = page.page.locator("#tooltip")
+    tooltip.wait_for(state="visible")
+    values = dict(tooltip.locator(".tip-row").evaluate_all(
+        "rows => rows.map(r => [r.children[0].textContent, r.children[1].textContent])"))
+    assert float(values["gap (trainer - sampler)"]) == gap       # every digit, exactly
+    assert float(values["sampler logprob"]) == record["sample"]["sampler_logprobs_T"][i]
+    assert values["weight version"] == f"{record['sample']['versions_T'][i]} (lag 0)"
+    token.click()
+    assert f"token #{i}" in page.page.locator("#token-detail").inner_text()
+    exact = page.page.locator("#tokens .tok.exact0")
+    for k in range(exact.count()):                               # exact zeros drawn white
+        assert exact.nth(k).evaluate("n => getComputedStyle(n).backgroundColor") == \
+            "rgb(255, 255, 255)"
+    page.page.select_option("#color-mode", "weight")
+    page.page.wait_for_function("location.hash.includes('color=weight')")
+    assert "importance weight" in page.page.locator("#legend").inner_text()
+
+
+def test_the_version_change_is_marked_once_where_it_happens(page, run):
+    row = RunStore(run).find_row(demo.DEMO_TWO_VERSION_ID)
+    page.open(page.base + f"#view=sample&id={row['id']}&step={row['step']}&color=version")
+    marks = page.page.locator("#tokens .tok.vchange")
+    assert marks.count() == 1
+    assert marks.first.get_attribute("data-i") == str(demo.DEMO_VERSION_CHANGE_TOKEN)
+    assert marks.first.get_attribute("data-version") == f"v{row['version_max']}"
+    masked = page.page.locator("#tokens .tok.masked")
+    for k in range(masked.count()):                    # masked tokens are kept off the scale
+        assert masked.nth(k).evaluate("n => n.style.backgroundColor") == ""
+
+
+def test_hostile_text_renders_literally_and_opens_no_dialog(page, run):
+    row = RunStore(run).find_row(demo.DEMO_HOSTILE_ID)
+    page.open(page.base + f"#view=sample&id={row['id']}&step={row['step']}")
+    assert page.page.locator("#tokens").text_content() == demo.DEMO_HOSTILE_TEXT
+    page.open(page.base + "#view=samples&text=script")
+    assert demo.DEMO_HOSTILE_TEXT in page.page.locator("table.samples tbody").inner_text()
+    page.open(page.base + f"#view=group&id={row['group']}")
+    assert demo.DEMO_HOSTILE_TEXT in page.page.locator("#view-group").inner_text()
+    page.page.wait_for_timeout(300)
+    assert page.page.evaluate("document.querySelectorAll('main img, main script').length") == 0
+
+
+def test_clicking_a_curve_point_opens_that_steps_samples(page):
+    page.open(page.base + "#view=overview")
+    page.page.locator("figure.chart").first.locator("circle[data-step='3']").click()
+    page.page.wait_for_function("location.hash.includes('step_min=3')")
+    steps = page.page.locator("table.samples tbody tr").evaluate_all(
+        "rows => rows.map(r => r.dataset.step)")
+    assert steps and set(steps) == {"3"}
+
+
+def test_group_and_buffer_views(page):
+    page.open(page.base + f"#view=group&id={demo.DEMO_ZERO_VARIANCE_GROUP}")
+    assert page.page.locator("#zero-variance").is_visible()
+    assert page.page.locator(".sibling").count() == demo.DEMO_GROUP_SIZE
+    page.open(page.base + "#view=buffer&snapshot=snapshot-step000002.jsonl")
+    assert page.page.locator("#waiting tbody tr").count() == 8
+    assert demo.DEMO_EVICTED_GROUP in page.page.locator("#evictions").inner_text()
+
+
+def test_appending_a_step_shows_new_rows(browser, tmp_path):
+    run = demo.make_demo_run(tmp_path / "live")
+    with serving(run) as server:
+        guarded = Guarded(browser, f"127.0.0.1:{server.server_address[1]}")
+        guarded.open(server.url + "#view=samples&sort=step&desc=1")
+        assert guarded.page.locator("tr[data-step='7']").count() == 0
+        demo.append_demo_step(run, 7)
+        guarded.page.wait_for_selector("tr[data-step='7']", timeout=8_000)
+        assert "56 samples" in guarded.page.locator("#live").inner_text()
+        guarded.check_clean()
+
+
+def test_deterministic_banner_counts_nonzero_gaps(browser, tmp_path):
+    run = demo.make_demo_run(tmp_path / "det", deterministic=True)
+    with serving(run) as server:
+        guarded = Guarded(browser, f"127.0.0.1:{server.server_address[1]}")
+        guarded.open(server.url)
+        banner = guarded.page.locator("#banner")
+        assert banner.is_visible()
+        assert banner.inner_text().startswith(
+            f"Deterministic run: {demo.DEMO_DETERMINISTIC_NONZERO} of ")
+        guarded.check_clean()
+
+
+def test_the_html_export_works_from_file_with_no_network(browser, run, tmp_path):
+    out, count, _ = export_html(RunStore(run), tmp_path / "export.html", parse_query({}))
+    guarded = Guarded(browser, None)
+    guarded.open(out.resolve().as_uri() + "#view=samples&sort=max_gap&desc=1")
+    rows = guarded.page.locator("table.samples tbody tr")
+    assert rows.first.get_attribute("data-id") == demo.DEMO_LARGEST_GAP_ID
+    rows.first.locator("a.sample-link").click()
+    guarded.page.wait_for_selector("#tokens .tok")
+    assert guarded.page.locator("#tokens .tok").count() == \
+        RunStore(run).find_row(demo.DEMO_LARGEST_GAP_ID)["len"]
+    hostile = RunStore(run).find_row(demo.DEMO_HOSTILE_ID)
+    guarded.open(out.resolve().as_uri() +
+                 f"#view=sample&id={hostile['id']}&step={hostile['step']}")
+    assert guarded.page.locator("#tokens").text_content() == demo.DEMO_HOSTILE_TEXT
+    guarded.open(out.resolve().as_uri() + "#view=buffer")
+    assert demo.DEMO_EVICTED_GROUP in guarded.page.locator("#evictions").inner_text()
+    assert "static export" in guarded.page.locator("#live").inner_text()
+    guarded.check_clean()

@@ -1,0 +1,119 @@
+"""The inspector's store: index build and follow, half-written lines, legacy runs, and reading
+nothing outside the run directory."""
+
+import json
+import os
+
+import pytest
+
+from slipstream.buffer.inspector import demo
+from slipstream.buffer.inspector.store import RunStore
+from slipstream.errors import SlipstreamError
+
+
+@pytest.fixture()
+def run(tmp_path):
+    return demo.make_demo_run(tmp_path / "run")
+
+
+def test_the_demo_run_opens_with_its_known_contents(run):
+    store = RunStore(run)
+    expected = demo.DEMO_STEPS * demo.DEMO_GROUPS_PER_STEP * demo.DEMO_GROUP_SIZE
+    assert len(store.rows) == expected and len(store.metrics) == demo.DEMO_STEPS
+    largest = max(store.rows, key=lambda r: r["max_gap"])
+    assert largest["id"] == demo.DEMO_LARGEST_GAP_ID
+    record = store.sample(demo.DEMO_LARGEST_GAP_ID, largest["step"])
+    gaps = [t - s for t, s in zip(record["trainer_logprobs_T"],
+                                  record["sample"]["sampler_logprobs_T"])]
+    assert max(range(len(gaps)), key=lambda i: abs(gaps[i])) == demo.DEMO_LARGEST_GAP_TOKEN
+    two = store.find_row(demo.DEMO_TWO_VERSION_ID)
+    assert two["versions"] == 2 and two["version_max"] - two["version_min"] == 1
+    assert all(r["advantage"] == 0 for r in store.group(demo.DEMO_ZERO_VARIANCE_GROUP))
+    assert not store.group(demo.DEMO_EVICTED_GROUP)
+    assert store.buffer_info(None)["eviction_counts"] == {"stale": 1}
+    hostile = store.sample(demo.DEMO_HOSTILE_ID, store.find_row(demo.DEMO_HOSTILE_ID)["step"])
+    assert hostile["sample"]["completion_text"] == demo.DEMO_HOSTILE_TEXT
+
+
+def test_deterministic_demo_banner_counts_the_planted_tokens(tmp_path):
+    store = RunStore(demo.make_demo_run(tmp_path / "det", deterministic=True))
+    banner = store.run_info()["banner"]
+    assert banner["nonzero"] == demo.DEMO_DETERMINISTIC_NONZERO and banner["tokens"] > 100
+    assert "banner" not in RunStore(demo.make_demo_run(tmp_path / "nondet")).run_info()
+
+
+def test_follow_picks_up_new_steps_and_skips_a_half_written_line(run):
+    store = RunStore(run)
+    before = len(store.rows)
+    index = run / "rollouts" / "index.jsonl"
+    complete = index.read_bytes()
+    demo.append_demo_step(run, demo.DEMO_STEPS + 1)
+    appended = index.read_bytes()[len(complete):]
+    index.write_bytes(complete + appended[:-40])          # the last line half written
+    store.refresh(force=True)
+    assert len(store.rows) == before + 7 and store.skipped_lines == 0
+    index.write_bytes(complete + appended)                # the writer finishes the line
+    store.refresh(force=True)
+    assert len(store.rows) == before + 8
+    assert {r["step"] for r in store.rows[before:]} == {demo.DEMO_STEPS + 1}
+    assert len(store.metrics) == demo.DEMO_STEPS + 1
+    with (run / "metrics.jsonl").open("a") as out:
+        out.write('{"step": 99, "reward/me')               # half a metrics line
+    store.refresh(force=True)
+    assert len(store.metrics) == demo.DEMO_STEPS + 1
+
+
+def test_a_run_without_index_is_summarised_from_its_step_files(run):
+    rows = RunStore(run).rows
+    (run / "rollouts" / "index.jsonl").unlink()
+    legacy = RunStore(run)
+    assert [(r["id"], r["step"], r["max_gap"]) for r in legacy.rows] == \
+        [(r["id"], r["step"], r["max_gap"]) for r in rows]
+    assert legacy.sample(rows[5]["id"], rows[5]["step"])["sample"]["sample_id"] == rows[5]["id"]
+
+
+def test_symlinks_leaving_the_run_directory_are_ignored(run, tmp_path):
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "step-000099.jsonl").write_text((run / "rollouts" / "step-000001.jsonl").read_text())
+    (secret / "snapshot-final.jsonl").write_text('{"ticket": 1, "sample": {}}\n')
+    os.symlink(secret / "step-000099.jsonl", run / "rollouts" / "step-000099.jsonl")
+    (run / "buffer" / "snapshot-final.jsonl").unlink()
+    os.symlink(secret / "snapshot-final.jsonl", run / "buffer" / "snapshot-final.jsonl")
+    os.symlink(secret, run / "buffer" / "escape")
+    store = RunStore(run)
+    assert 99 not in {r["step"] for r in store.rows}
+    assert "snapshot-final.jsonl" not in store.snapshot_names()
+    assert store.snapshot("snapshot-final.jsonl") == []
+    assert store.safe_path("buffer/escape/snapshot-final.jsonl") is None
+    assert store.safe_path("../secret/step-000099.jsonl") is None
+    assert store.safe_path("/etc/passwd") is None
+
+
+def test_a_whole_rollouts_folder_linked_outside_is_ignored(tmp_path):
+    outside = demo.make_demo_run(tmp_path / "outside")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"deterministic": False}))
+    os.symlink(outside / "rollouts", run / "rollouts")
+    assert RunStore(run).rows == []
+
+
+def test_an_index_row_cannot_point_the_store_at_another_file(run):
+    store = RunStore(run)
+    row = store.rows[0]
+    row["file"] = "../config.json"
+    assert store.sample(row["id"], row["step"]) is None
+
+
+@pytest.mark.parametrize("kind, message", [("missing", "does not exist"),
+                                           ("file", "is not a directory"),
+                                           ("empty", "is not a run directory")])
+def test_bad_directories_are_one_line_errors(tmp_path, kind, message):
+    path = tmp_path / kind
+    if kind == "file":
+        path.write_text("x")
+    elif kind == "empty":
+        path.mkdir()
+    with pytest.raises(SlipstreamError, match=message):
+        RunStore(path)
