@@ -12,7 +12,8 @@ additions) from the shapes it is given. The fixes, each chosen from measurements
   within a tile of fixed shape a row's result depends neither on its neighbours nor on its place).
 * **Attention** reduces over keys in fixed blocks of `KEY_BLOCK`, aligned at key position 0,
   with an online softmax across blocks in order. Every score and every P@V product is a matmul
-  of one fixed shape (`TILE_ROWS` queries x `KEY_BLOCK` keys), so a query's result does not
+  of one fixed shape (`QUERY_TILE` queries x `KEY_BLOCK` keys, `BMM_CHUNK` matrices a call), so
+  a query's result does not
   depend on the sequence length, the padding or how the KV cache was filled. Blocks past a
   query's last key contribute an exact no-op (max unchanged, factor exp(0) = 1, zero added),
   so one forward and token-by-token decode agree. Keys a row never attends to (left padding, gaps)
@@ -55,8 +56,11 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-TILE_ROWS = 16          # rows of every matmul: small, so that decoding a few rows wastes little
+TILE_ROWS = 32          # rows of every linear's matmul: small, so decoding few rows wastes little
+QUERY_TILE = 16         # query rows of every attention matmul
 KEY_BLOCK = 16          # keys per attention block
+BMM_CHUNK = 64          # matrices per bmm call
+COLUMN_ALIGN = 16       # output columns of every matmul are padded to a multiple of this
 _VECTOR_ALIGN = 128     # >= 2 x the widest torch CPU vector (64 bf16 lanes on AVX-512)
 ATTENTION_NAME = "slipstream_batch_invariant"
 
@@ -64,25 +68,49 @@ _fp32_heads: weakref.WeakSet = weakref.WeakSet()   # output embeddings seen unde
 
 
 # ---------------------------------------------------------------------------------- matmuls
-def _tiled_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a (N, M, K) @ b (N, K, P) as matmuls of exactly TILE_ROWS rows each, in one bmm."""
-    if a.is_cuda and _vllm_kernels_enabled():
-        return torch.bmm(a, b)       # vLLM's persistent matmul is batch-invariant as is
-    n, rows, depth = a.shape
-    pad = (-rows) % TILE_ROWS
-    if pad:
-        a = F.pad(a, (0, 0, 0, pad))
-    tiles = (rows + pad) // TILE_ROWS
-    # Measured bitwise equal to a separate mm per tile, whatever the number of tiles
-    # (tests/test_numerics.py); b is broadcast over the tiles, not copied.
-    b_tiles = b.unsqueeze(1).expand(n, tiles, depth, b.shape[-1]).reshape(n * tiles, depth, -1)
-    out = torch.bmm(a.reshape(n * tiles, TILE_ROWS, depth), b_tiles)
-    return out.view(n, tiles * TILE_ROWS, -1)[:, :rows]
-
-
 def _tiled_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a (M, K) @ b (K, N), each row computed alone (see _tiled_bmm)."""
-    return _tiled_bmm(a.unsqueeze(0), b.unsqueeze(0))[0]
+    """a (M, K) @ b (K, N) as one `torch.mm` call per TILE_ROWS rows (zero-padded): every call
+    has the same shapes and strides, so torch takes the same kernel path whatever M is. (A single
+    bmm over the tiles is not enough: torch's CPU bmm picks its path from the batch count.)"""
+    if a.is_cuda and _vllm_kernels_enabled():
+        return torch.mm(a, b)        # vLLM's persistent matmul is batch-invariant as is
+    rows = a.shape[0]
+    pad = (-rows) % TILE_ROWS
+    a = F.pad(a, (0, 0, 0, pad)) if pad else a.contiguous()
+    columns = b.shape[1]
+    b = _columns_major(b)
+    out = torch.cat([torch.mm(a[i:i + TILE_ROWS], b) for i in range(0, rows + pad, TILE_ROWS)])
+    return out[:rows, :columns]
+
+
+def _columns_major(b: torch.Tensor) -> torch.Tensor:
+    """`b` (..., K, N) with N padded to a multiple of COLUMN_ALIGN, laid out as the transpose
+    of a contiguous (..., N, K) tensor (a linear's weight layout). Measured on this CPU: with a
+    contiguous B (K=24, N=11) or a narrow one (N=4), fp32 mm gives a row a result that depends
+    on its place in the tile; with this layout and width none did (tests/test_numerics.py)."""
+    pad = (-b.shape[-1]) % COLUMN_ALIGN
+    if pad == 0 and b.stride(-2) == 1 and b.stride(-1) == b.shape[-2]:
+        return b
+    b_t = b.transpose(-1, -2)
+    if pad:
+        b_t = F.pad(b_t, (0, 0, 0, pad))
+    return b_t.contiguous().transpose(-1, -2)
+
+
+def _fixed_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (N, m, k) @ b (N, k, n) as bmm calls of exactly BMM_CHUNK matrices each (zero-padded),
+    for the same reason as _tiled_mm: a fixed call shape, a fixed kernel path."""
+    if a.is_cuda and _vllm_kernels_enabled():
+        return torch.bmm(a, b)
+    count = a.shape[0]
+    pad = (-count) % BMM_CHUNK
+    if pad:
+        a, b = F.pad(a, (0, 0, 0, 0, 0, pad)), F.pad(b, (0, 0, 0, 0, 0, pad))
+    columns = b.shape[-1]
+    a, b = a.contiguous(), _columns_major(b)
+    out = torch.cat([torch.bmm(a[i:i + BMM_CHUNK], b[i:i + BMM_CHUNK])
+                     for i in range(0, count + pad, BMM_CHUNK)])
+    return out[:count, :, :columns]
 
 
 def invariant_linear(x: torch.Tensor, weight: torch.Tensor,
@@ -111,7 +139,9 @@ def invariant_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     a3 = a.expand(*batch, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
     b3 = b.expand(*batch, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
-    return _tiled_bmm(a3, b3).reshape(*batch, a.shape[-2], b.shape[-1])
+    # The same mm tiles as a 2-D product, so a batched matmul agrees with its unbatched rows.
+    out = torch.stack([_tiled_mm(x, y) for x, y in zip(a3, b3)])
+    return out.reshape(*batch, a.shape[-2], b.shape[-1])
 
 
 def _vllm_kernels_enabled() -> bool:
@@ -208,37 +238,49 @@ def block_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         valid = valid.unsqueeze(2).expand(batch, 1, rep, q_len, k_len)
         valid = valid.reshape(batch, 1, rep * q_len, k_len)
     rows = rep * q_len
-    row_pad = (-rows) % TILE_ROWS
-    tiles = (rows + row_pad) // TILE_ROWS
-    q = F.pad(q, (0, 0, 0, row_pad)).view(batch, kv_heads, tiles, TILE_ROWS, dim)
+    row_pad = (-rows) % QUERY_TILE
+    tiles = (rows + row_pad) // QUERY_TILE
+    # Query tiles as one flat batch of (QUERY_TILE, D) matrices: index = (b, kv head, tile).
+    q = F.pad(q, (0, 0, 0, row_pad)).reshape(batch * kv_heads * tiles, QUERY_TILE, dim)
     valid = F.pad(valid, (0, 0, 0, row_pad), value=False)
-    valid = valid.view(batch, valid.shape[1], tiles, TILE_ROWS, k_len)
+    valid = valid.expand(batch, kv_heads, rows + row_pad, k_len).reshape(
+        batch * kv_heads * tiles, QUERY_TILE, k_len)
     # Keys past the last one anybody attends to would only add exact no-ops: skip them.
-    used = valid.flatten(0, -2).any(0).nonzero()
+    used = valid.any(0).any(0).nonzero()     # (any tile, any row) -> keys in use
     n_blocks = math.ceil((int(used.max()) + 1) / KEY_BLOCK) if used.numel() else 0
-    key_pad = n_blocks * KEY_BLOCK - k_len
-    k = F.pad(key.float(), (0, 0, 0, key_pad)) if key_pad > 0 else key.float()
-    v = F.pad(value.float(), (0, 0, 0, key_pad)) if key_pad > 0 else value.float()
-    if key_pad > 0:
-        valid = F.pad(valid, (0, key_pad), value=False)
+    key_pad = max(n_blocks * KEY_BLOCK - k_len, 0)
+    k = F.pad(key.float(), (0, 0, 0, key_pad))
+    v = F.pad(value.float(), (0, 0, 0, key_pad))
+    valid = F.pad(valid, (0, key_pad), value=False)
 
-    m = q.new_full((batch, kv_heads, tiles, TILE_ROWS), -math.inf)
-    denom = q.new_zeros((batch, kv_heads, tiles, TILE_ROWS))
-    acc = q.new_zeros((batch, kv_heads, tiles, TILE_ROWS, dim))
+    # Pad the tile count to whole bmm calls, so every per-row tensor below has a length that is a
+    # multiple of the vector width too (no element falls into the scalar tail; see _aligned).
+    count = q.shape[0]
+    extra = (-count) % BMM_CHUNK
+    q = F.pad(q, (0, 0, 0, 0, 0, extra))
+    valid = F.pad(valid, (0, 0, 0, 0, 0, extra), value=False)
+
+    def per_tile(t: torch.Tensor) -> torch.Tensor:   # (B, Hkv, 16, D) -> one per query tile
+        tiled = t.unsqueeze(2).expand(batch, kv_heads, tiles, *t.shape[2:]).reshape(
+            count, *t.shape[2:])
+        return F.pad(tiled, (0, 0, 0, 0, 0, extra))
+
+    m = q.new_full(q.shape[:2], -math.inf)
+    denom = q.new_zeros(q.shape[:2])
+    acc = torch.zeros_like(q)
     for j in range(n_blocks):
         block = slice(j * KEY_BLOCK, (j + 1) * KEY_BLOCK)
-        k_block = k[:, :, None, block].transpose(-1, -2)        # (B, Hkv, 1, D, 16)
-        scores = torch.matmul(q, k_block) * scaling              # (B, Hkv, T, 64, 16)
-        scores = scores.masked_fill(~valid[..., block], -math.inf)
+        scores = _fixed_bmm(q, per_tile(k[:, :, block].transpose(-1, -2))) * scaling
+        scores = scores.masked_fill(~valid[..., block], -math.inf)      # (N, 16, 16)
         m_new = torch.maximum(m, scores.amax(-1))
-        m_safe = m_new.masked_fill(m_new == -math.inf, 0.0)      # rows with no key yet
+        m_safe = m_new.masked_fill(m_new == -math.inf, 0.0)           # rows with no key yet
         probs = torch.exp(scores - m_safe.unsqueeze(-1))
         rescale = torch.exp(m - m_safe)
         denom = denom * rescale + probs.sum(-1)
-        acc = acc * rescale.unsqueeze(-1) + torch.matmul(probs, v[:, :, None, block])
+        acc = acc * rescale.unsqueeze(-1) + _fixed_bmm(probs, per_tile(v[:, :, block]))
         m = m_new
     out = torch.where(denom.unsqueeze(-1) > 0, acc / denom.clamp(min=1e-30).unsqueeze(-1), 0.0)
-    out = out.reshape(batch, kv_heads, tiles * TILE_ROWS, dim)[:, :, :rows]
+    out = out[:count].reshape(batch, kv_heads, tiles * QUERY_TILE, dim)[:, :, :rows]
     return out.reshape(batch, heads, q_len, dim).to(query.dtype)
 
 
