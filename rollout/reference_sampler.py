@@ -219,9 +219,10 @@ class ReferenceEngine:
         last = torch.tensor([len(c) - 1 for c in chunks])
         for b, (chunk, start) in enumerate(zip(chunks, start_B)):
             ids[b, : len(chunk)] = torch.tensor(chunk)
-            # Padding positions repeat the last real one: they write garbage only to slots this
-            # row's later tokens overwrite, and no real query ever attends to them.
-            positions[b] = torch.arange(start, start + width).clamp(max=start + len(chunk) - 1)
+            # Padding runs on past the row's end: it writes garbage only into slots that this
+            # row's later tokens overwrite before they attend to them, and no real query of this
+            # step attends past its own position.
+            positions[b] = torch.arange(start, start + width)
         self._cache.bind(first_row, positions)
         keys = torch.arange(self._cache.get_seq_length())
         mask = (keys.view(1, 1, 1, -1) <= positions.view(len(chunks), 1, width, 1))
