@@ -190,14 +190,15 @@ _ELEMENTWISE = {
 
 # -------------------------------------------------------------------------------- attention
 def _valid_keys(mask: torch.Tensor | None, q_len: int, k_len: int,
-                top_left_causal: bool = False) -> torch.Tensor:
+                top_left_causal: bool = False, device: torch.device | None = None
+                ) -> torch.Tensor:
     """A bool mask broadcastable to (B, H, Lq, Lk): True where a query attends to a key.
     `None` means causal with the queries at the end of the keys (a KV cache's layout), unless
     `top_left_causal` (SDPA's is_causal)."""
     if mask is None:
         offset = 0 if top_left_causal else k_len - q_len
-        q_pos = torch.arange(q_len).unsqueeze(-1) + offset
-        return (torch.arange(k_len) <= q_pos).view(1, 1, q_len, k_len)
+        q_pos = torch.arange(q_len, device=device).unsqueeze(-1) + offset
+        return (torch.arange(k_len, device=device) <= q_pos).view(1, 1, q_len, k_len)
     if mask.dtype == torch.bool:
         return mask[..., -k_len:]
     # An additive mask: 0 where attended, a large negative number where not.
@@ -289,7 +290,7 @@ def hf_attention(module, query, key, value, attention_mask, scaling=None, dropou
     if dropout:
         raise ValueError("batch_invariant attention has no dropout (call model.eval())")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    valid = _valid_keys(attention_mask, query.shape[2], key.shape[2])
+    valid = _valid_keys(attention_mask, query.shape[2], key.shape[2], device=query.device)
     with torch._C.DisableTorchFunction():   # its matmuls are fixed-shape already: no routing
         out = block_attention(query, key, value, valid, scale)
     return out.transpose(1, 2).contiguous(), None
@@ -301,9 +302,10 @@ def _sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, sca
     if dropout_p:
         raise ValueError("batch_invariant attention has no dropout")
     valid = _valid_keys(attn_mask, query.shape[-2], key.shape[-2],
-                        top_left_causal=attn_mask is None and is_causal)
+                        top_left_causal=attn_mask is None and is_causal, device=query.device)
     if attn_mask is None and not is_causal:
-        valid = torch.ones(1, 1, query.shape[-2], key.shape[-2], dtype=torch.bool)
+        valid = torch.ones(1, 1, query.shape[-2], key.shape[-2], dtype=torch.bool,
+                           device=query.device)
     scale = scale if scale is not None else query.shape[-1] ** -0.5
     return block_attention(query, key, value, valid, scale)
 
