@@ -25,10 +25,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from slipstream.buffer.inspector.encoding import browser_json
 from slipstream.buffer.records import TrainedSample, to_json_dict
 
 INDEX_NAME = "index.jsonl"
-_PREVIEW_CHARS = 300        # of the completion, for the text filter and the table
+# Text kept in the index for the table and its text filter: enough to recognise a sample, small
+# enough that 25,000 of them open in well under a second. The full text is in the step file.
+_PREVIEW_CHARS = 160        # the completion's start
+_PROMPT_CHARS = 100         # the prompt's end (after the chat template's boilerplate start)
 
 
 def write_step(directory: str | Path, step: int, trained: Iterable[TrainedSample]) -> Path:
@@ -45,9 +49,10 @@ def write_step(directory: str | Path, step: int, trained: Iterable[TrainedSample
             rows.append(index_row(data, path.name, offset, len(line)))
             offset += len(line)
     tmp.rename(path)
-    # One write per step, so a crash leaves at most one partial line (readers skip it).
+    # One write per step, so a crash leaves at most one partial line (readers skip it). The
+    # browser parses these lines as they are: JSON without NaN or Infinity (browser_json).
     with (directory / INDEX_NAME).open("a") as index:
-        index.write("".join(json.dumps(row) + "\n" for row in rows))
+        index.write("".join(browser_json(row) + "\n" for row in rows))
     return path
 
 
@@ -92,30 +97,35 @@ def index_row(record: Mapping[str, Any], file: str, offset: int, nbytes: int) ->
         "version_max": max(versions, default=learner_version),
         "reuse": record.get("reuse_count", 0),
         "det_tokens": det_tokens, "det_nonzero": det_nonzero,
-        "prompt": sample["prompt_text"][-200:],
+        "prompt": sample["prompt_text"][-_PROMPT_CHARS:],
         "text": sample["completion_text"][:_PREVIEW_CHARS],
     }
 
 
 def deterministic_gap_tokens(record: Mapping[str, Any]) -> tuple[int, int]:
-    """(tokens compared, tokens whose gap is not exactly 0) for a deterministic-mode check.
+    """(tokens compared, tokens whose gap is not exactly 0) for the deterministic-mode banner.
 
-    With `own_version_logprobs_T` (the trainer's logprob of each token under the weights that
-    sampled it) every token is compared against it. Without, only DESIGN.md's `mismatch/*`
-    tokens are: those that, with every earlier token of the sample, were sampled by the weights
-    the learner held when it recomputed them (trainer/logprobs.py GapAccumulator)."""
+    A token is compared when the trainer recomputed it with the very weights that sampled it,
+    KV cache included (trainer/logprobs.py `reproducible_by`): its own version, and, unless the
+    sampler recomputed the prefix at every update (`prefix_recomputed`), the same version for
+    every earlier token of the sample. With `own_version_logprobs_T` (deterministic mode: each
+    token recomputed under its own version) that is checked against the sampler for every such
+    token; without, only for the tokens of the learner's version (DESIGN.md's `mismatch/*`)."""
     sample = record["sample"]
-    sampler = sample["sampler_logprobs_T"]
+    versions = sample["versions_T"]
+    recomputed = bool(sample.get("prefix_recomputed", False))
     own = record.get("own_version_logprobs_T")
-    if own is not None:
-        return len(own), sum(o != s for o, s in zip(own, sampler))
+    trainer = own if own is not None else record["trainer_logprobs_T"]
     compared = nonzero = 0
-    for trainer, sampled, version in zip(record["trainer_logprobs_T"], sampler,
-                                         sample["versions_T"]):
-        if version != record["learner_version"]:
-            break                    # this token and every later one attend to older KV
+    for logprob, sampled, version in zip(trainer, sample["sampler_logprobs_T"], versions):
+        if not recomputed and version != versions[0]:
+            break                    # this token and every later one attend to another's KV
+        if own is None and version != record["learner_version"]:
+            if recomputed:
+                continue
+            break
         compared += 1
-        nonzero += trainer != sampled
+        nonzero += logprob != sampled
     return compared, nonzero
 
 

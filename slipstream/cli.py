@@ -84,13 +84,20 @@ def _inspect(args: argparse.Namespace) -> None:
         from slipstream.buffer.inspector.terminal import print_table
 
         print(print_table(store.rows, _query(args, min(args.limit or 50, 500))))
+        banner = store.deterministic_banner()
+        if banner is not None:
+            print(f"deterministic run: {banner['nonzero']} of {banner['tokens']} compared tokens "
+                  "have a gap that is not exactly 0")
         return
     if args.html:
         from slipstream.buffer.inspector.export import export_html
 
-        path, count, left_out = export_html(store, args.html, _query(args, 500),
-                                            limit=args.limit or 2000,
-                                            max_bytes=int(args.max_mb * 2**20))
+        try:
+            path, count, left_out = export_html(store, args.html, _query(args, 500),
+                                                limit=args.limit or 2000,
+                                                max_bytes=int(args.max_mb * 2**20))
+        except OSError as error:
+            raise SlipstreamError(f"cannot write {args.html}: {error.strerror}") from None
         more = f" ({left_out} matching samples left out by --limit/--max-mb)" if left_out else ""
         print(f"slipstream: wrote {path} with {count} samples{more}")
         return

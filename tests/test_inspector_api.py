@@ -31,8 +31,10 @@ def server(run):
 def test_api_serves_run_index_metrics_samples_groups_and_buffer(server):
     status, info = get_json(server, "/api/run")
     assert status == 200 and info["samples"] == 48 and info["max_lag"] == demo.DEMO_MAX_LAG
-    status, index = get_json(server, "/api/index?from=40")
-    assert status == 200 and index["total"] == 48 and len(index["rows"]) == 8
+    status, headers, body = request(server, "/api/index?from=40")
+    rows = [json.loads(line) for line in body.decode().splitlines()]
+    assert status == 200 and headers["Content-Type"].startswith("application/x-ndjson")
+    assert [r["step"] for r in rows] == [6] * 8
     _, metrics = get_json(server, "/api/metrics")
     assert [m["step"] for m in metrics["rows"]] == list(range(1, demo.DEMO_STEPS + 1))
     _, top = get_json(server, "/api/samples?sort=max_gap&desc=1&per_page=1")
@@ -155,8 +157,26 @@ def test_cli_demo_print_and_one_line_errors(tmp_path):
                           (["inspect", str(tmp_path / "d"), "--port", "-3"], "bad port"),
                           (["inspect", str(tmp_path / "d"), "--print", "--sort", "x"],
                            "bad selection"),
+                          (["inspect", str(tmp_path / "d"), "--html",
+                            str(tmp_path / "no" / "such" / "x.html")], "cannot write"),
                           (["board", str(tmp_path / "nope")], "does not exist")]:
         result = _cli(*args)
         assert result.returncode == 1, args
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("slipstream: ") and message in lines[0]
+
+
+def test_cli_serves_on_a_free_port_and_prints_its_url(run):
+    process = subprocess.Popen([sys.executable, "-m", "slipstream.cli", "inspect", str(run),
+                                "--port", "0", "--no-browser"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        url = line.split()[2]
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url), line
+        import urllib.request
+
+        with urllib.request.urlopen(url + "api/run", timeout=10) as response:
+            assert json.loads(response.read())["samples"] == 48
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -9,6 +9,7 @@ CI (CI=true) and skip, with the reason, elsewhere.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -96,8 +97,12 @@ class Guarded:
     def open(self, url: str) -> None:
         self.page.goto(url)
         self.page.wait_for_selector("body[data-ready='1']", timeout=10_000)
-        # A new fragment on the same document re-renders without a reload: wait for it.
-        self.page.wait_for_function("document.body.dataset.renderedHash === location.hash")
+        # A new fragment on the same document re-renders without a reload: wait for it. (A
+        # selector, not wait_for_function: the page's CSP forbids the eval that would need.)
+        fragment = urlsplit(url).fragment
+        fragment = "#" + fragment if fragment else ""
+        quoted = fragment.replace("\\", "\\\\").replace('"', '\\"')
+        self.page.wait_for_selector(f'body[data-rendered-hash="{quoted}"]', state="attached")
 
     def check_clean(self) -> None:
         assert self.foreign == [], self.foreign
@@ -131,7 +136,7 @@ def test_sorting_by_gap_puts_the_known_sample_first(page):
     page.open(page.base + "#view=samples")
     page.page.click("a[data-sort='max_gap']")           # ascending
     page.page.click("a[data-sort='max_gap']")           # descending
-    page.page.wait_for_function("location.hash.includes('desc=1')")
+    page.page.wait_for_selector("th.sorted.desc a[data-sort='max_gap']")
     first = page.page.locator("table.samples tbody tr").first
     assert first.get_attribute("data-id") == demo.DEMO_LARGEST_GAP_ID
     assert "sort=max_gap" in page.page.evaluate("location.hash")   # the state is in the URL
@@ -162,7 +167,7 @@ def test_a_known_token_has_the_expected_colour_tooltip_and_detail(page, run):
         assert exact.nth(k).evaluate("n => getComputedStyle(n).backgroundColor") == \
             "rgb(255, 255, 255)"
     page.page.select_option("#color-mode", "weight")
-    page.page.wait_for_function("location.hash.includes('color=weight')")
+    page.page.wait_for_selector("body[data-rendered-hash*='color=weight']", state="attached")
     assert "importance weight" in page.page.locator("#legend").inner_text()
 
 
@@ -190,10 +195,30 @@ def test_hostile_text_renders_literally_and_opens_no_dialog(page, run):
     assert page.page.evaluate("document.querySelectorAll('main img, main script').length") == 0
 
 
+def test_control_and_bidi_characters_show_as_escapes(browser, tmp_path):
+    from factories import make_sample
+
+    from slipstream.buffer.records import TrainedSample
+    from slipstream.buffer.rollout_log import write_step
+
+    run = demo.make_demo_run(tmp_path / "ctl")
+    texts = ("red\x1b[31m", "\u202eevil", "\x07", "<b>x</b>")
+    sample = dataclasses.replace(make_sample("g9", 0, versions=(6,) * 4), token_texts_T=texts,
+                                 completion_text="".join(texts))
+    write_step(run / "rollouts", 7, [TrainedSample(sample, 7, 6, 0.0, (-0.5,) * 4)])
+    with serving(run) as server:
+        guarded = Guarded(browser, f"127.0.0.1:{server.server_address[1]}")
+        guarded.open(server.url + "#view=sample&id=g9-0&step=7")
+        shown = guarded.page.locator("#tokens .tok").evaluate_all(
+            "spans => spans.map(s => s.textContent)")
+        assert shown == ["red\\x1b[31m", "\\u202eevil", "\\x07", "<b>x</b>"]
+        guarded.check_clean()
+
+
 def test_clicking_a_curve_point_opens_that_steps_samples(page):
     page.open(page.base + "#view=overview")
     page.page.locator("figure.chart").first.locator("circle[data-step='3']").click()
-    page.page.wait_for_function("location.hash.includes('step_min=3')")
+    page.page.wait_for_selector("body[data-rendered-hash*='step_min=3']", state="attached")
     steps = page.page.locator("table.samples tbody tr").evaluate_all(
         "rows => rows.map(r => r.dataset.step)")
     assert steps and set(steps) == {"3"}
@@ -229,6 +254,11 @@ def test_deterministic_banner_counts_nonzero_gaps(browser, tmp_path):
         assert banner.is_visible()
         assert banner.inner_text().startswith(
             f"Deterministic run: {demo.DEMO_DETERMINISTIC_NONZERO} of ")
+        guarded.page.click("#banner-link")
+        guarded.page.wait_for_selector("th.sorted a[data-sort='det_nonzero']")
+        first = guarded.page.locator("table.samples tbody tr").evaluate_all(
+            "rows => rows.slice(0, 3).map(r => r.dataset.id)")
+        assert set(first[:2]) == {"g0000000-0", demo.DEMO_LARGEST_GAP_ID}   # the planted two
         guarded.check_clean()
 
 

@@ -67,12 +67,16 @@ def test_zero_gap_stays_exactly_zero_through_the_record_and_index(tmp_path):
     assert (row["det_tokens"], row["det_nonzero"]) == (3, 2)   # a 1e-18 gap is not 0
 
 
-def test_deterministic_count_follows_the_cummin_rule_or_own_version_logprobs():
+def test_deterministic_count_follows_reproducible_tokens_only():
     sample = make_sample(versions=(2, 1, 2, 2), logprobs=[-1.0, -1.0, -1.0, -1.0])
     record = to_json_dict(TrainedSample(sample, 3, 2, 0.0, (-1.0, -2.0, -2.0, -1.0)))
-    assert deterministic_gap_tokens(record) == (1, 0)   # token 1 is older: it and later stop
+    assert deterministic_gap_tokens(record) == (1, 0)   # KV kept: token 1 and later attend to v1
     record["own_version_logprobs_T"] = [-1.0, -1.5, -1.0, -1.0]
+    assert deterministic_gap_tokens(record) == (1, 0)   # still only the unchanged prefix
+    record["sample"]["prefix_recomputed"] = True         # the reference sampler: every token
     assert deterministic_gap_tokens(record) == (4, 1)
+    record["own_version_logprobs_T"] = None               # without own: the learner's version
+    assert deterministic_gap_tokens(record) == (3, 1)
 
 
 def test_index_row_of_a_record_without_loss_fields():

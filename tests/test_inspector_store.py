@@ -37,9 +37,9 @@ def test_the_demo_run_opens_with_its_known_contents(run):
 
 def test_deterministic_demo_banner_counts_the_planted_tokens(tmp_path):
     store = RunStore(demo.make_demo_run(tmp_path / "det", deterministic=True))
-    banner = store.run_info()["banner"]
+    banner = store.deterministic_banner()
     assert banner["nonzero"] == demo.DEMO_DETERMINISTIC_NONZERO and banner["tokens"] > 100
-    assert "banner" not in RunStore(demo.make_demo_run(tmp_path / "nondet")).run_info()
+    assert RunStore(demo.make_demo_run(tmp_path / "nondet")).deterministic_banner() is None
 
 
 def test_follow_picks_up_new_steps_and_skips_a_half_written_line(run):
@@ -52,6 +52,7 @@ def test_follow_picks_up_new_steps_and_skips_a_half_written_line(run):
     index.write_bytes(complete + appended[:-40])          # the last line half written
     store.refresh(force=True)
     assert len(store.rows) == before + 7 and store.skipped_lines == 0
+    assert len(store.index_lines) == before + 7
     index.write_bytes(complete + appended)                # the writer finishes the line
     store.refresh(force=True)
     assert len(store.rows) == before + 8
@@ -66,6 +67,9 @@ def test_follow_picks_up_new_steps_and_skips_a_half_written_line(run):
 def test_a_run_without_index_is_summarised_from_its_step_files(run):
     rows = RunStore(run).rows
     (run / "rollouts" / "index.jsonl").unlink()
+    assert RunStore(run).rows == []           # a step file just written may get its index yet
+    for path in (run / "rollouts").iterdir():
+        os.utime(path, (path.stat().st_mtime - 60,) * 2)
     legacy = RunStore(run)
     assert [(r["id"], r["step"], r["max_gap"]) for r in legacy.rows] == \
         [(r["id"], r["step"], r["max_gap"]) for r in rows]
@@ -99,11 +103,15 @@ def test_a_whole_rollouts_folder_linked_outside_is_ignored(tmp_path):
     assert RunStore(run).rows == []
 
 
-def test_an_index_row_cannot_point_the_store_at_another_file(run):
+def test_an_index_line_cannot_point_the_store_at_another_file(run):
+    index = run / "rollouts" / "index.jsonl"
+    row = json.loads(index.read_text().splitlines()[0])
+    for target in ("../config.json", "/etc/passwd", "step-000001.jsonl/../../config.json"):
+        with index.open("a") as out:
+            out.write(json.dumps({**row, "id": "evil", "file": target, "offset": 0,
+                                  "bytes": 100}) + "\n")
     store = RunStore(run)
-    row = store.rows[0]
-    row["file"] = "../config.json"
-    assert store.sample(row["id"], row["step"]) is None
+    assert store.find_row("evil") is not None and store.sample("evil") is None
 
 
 @pytest.mark.parametrize("kind, message", [("missing", "does not exist"),
@@ -117,3 +125,26 @@ def test_bad_directories_are_one_line_errors(tmp_path, kind, message):
         path.mkdir()
     with pytest.raises(SlipstreamError, match=message):
         RunStore(path)
+
+
+def test_a_garbled_index_line_is_skipped_and_counted(run):
+    with (run / "rollouts" / "index.jsonl").open("a") as out:
+        out.write('{"id": "half\n')                       # a crash mid-line, then more lines
+    demo.append_demo_step(run, demo.DEMO_STEPS + 1)
+    store = RunStore(run)
+    assert len(store.rows) == 56 and store.skipped_lines == 1
+
+
+def test_non_finite_numbers_survive_the_index(tmp_path):
+    from factories import make_sample
+
+    from slipstream.buffer.records import TrainedSample
+    from slipstream.buffer.rollout_log import write_step
+
+    run = tmp_path / "run"
+    sample = make_sample(versions=(0, 0), logprobs=[-1.0, float("-inf")])
+    write_step(run / "rollouts", 1, [TrainedSample(sample, 1, 0, 0.0, (-1.0, -2.0))])
+    line = (run / "rollouts" / "index.jsonl").read_text()
+    assert "Infinity" in line and "NaN" not in line.replace('"NaN"', "")
+    [row] = RunStore(run).rows
+    assert row["max_gap"] == float("inf")

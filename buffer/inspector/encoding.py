@@ -44,3 +44,10 @@ def browser_json(payload: Any) -> str:
 def html_embedded_json(payload: Any) -> str:
     """`browser_json` safe to place between <script type="application/json"> tags."""
     return browser_json(payload).translate(_HTML_ESCAPES)
+
+
+def revive_floats(obj: dict[str, Any]) -> Any:
+    """json.loads object_hook undoing `browser_json`'s {"$float": ...} (Python side)."""
+    if len(obj) == 1 and isinstance(obj.get("$float"), str):
+        return float(obj["$float"])
+    return obj

@@ -9,7 +9,7 @@ A query is a flat mapping of strings (what a URL carries):
     mask    any reason name ("ppo_clip", ...): samples with at least one token masked/changed so;
             "none": samples with no such token
     finish  "stop", "length", ...       text  case-insensitive substring of id, prompt or completion
-    sort    one of SORT_KEYS (default "step")   desc  "1" for descending
+    sort    one of SORT_KEYS (default "step"; ties keep index order)   desc  "1" for descending
     page    1-based                     per_page  1..500 (default 50)
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 SORT_KEYS = ("step", "id", "len", "reward", "advantage", "staleness", "max_gap", "k3", "max_iw",
-             "masked", "versions", "finish")
+             "masked", "versions", "finish", "det_nonzero")
 _RANGES = {"step": "step", "reward": "reward", "stale": "staleness", "gap": "max_gap"}
 
 
@@ -101,9 +101,10 @@ def matches(row: Mapping[str, Any], query: Query) -> bool:
 
 
 def select(rows: Sequence[Mapping[str, Any]], query: Query) -> list[Mapping[str, Any]]:
-    """Every matching row, sorted (the whole result, before paging)."""
+    """Every matching row, sorted (the whole result, before paging). The sort is stable, so
+    ties keep the index's order (steps in order, each step's samples as written); rows without
+    the key go last either way."""
     kept = [r for r in rows if matches(r, query)]
-    kept.sort(key=lambda r: (r.get("step", 0), str(r.get("id", ""))))
     present = [r for r in kept if r.get(query.sort) is not None]
     missing = [r for r in kept if r.get(query.sort) is None]
     present.sort(key=lambda r: r[query.sort], reverse=query.desc)

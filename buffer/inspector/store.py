@@ -22,12 +22,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from slipstream.buffer.inspector.encoding import browser_json, revive_floats
 from slipstream.buffer.rollout_log import INDEX_NAME, index_row
 from slipstream.errors import SlipstreamError
 
 _STEP_FILE = re.compile(r"^step-\d{6,}\.jsonl$")
 _SNAPSHOT_FILE = re.compile(r"^snapshot-(step\d{6,}|final)\.jsonl$")
 _REFRESH_EVERY_S = 0.5
+_SETTLE_S = 3.0
+_FILE_FIELD = re.compile(rb'"file": "(step-\d{6,}\.jsonl)"')
 
 
 class JsonlFollower:
@@ -38,7 +41,8 @@ class JsonlFollower:
         self._offset = 0
         self._size = -1
 
-    def new_rows(self) -> list[dict[str, Any]]:
+    def new_lines(self) -> list[bytes]:
+        """The complete lines appended since the last call, as bytes (newline stripped)."""
         path = self._store.safe_path(self._relative)
         if path is None:
             return []
@@ -52,16 +56,11 @@ class JsonlFollower:
             data = handle.read(size - self._offset)
         complete = data[: data.rfind(b"\n") + 1]   # a half-written last line waits
         self._offset += len(complete)
-        rows = []
-        for line in complete.splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                self._store.skipped_lines += 1
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-        return rows
+        return [line for line in complete.split(b"\n") if line.strip()]
+
+    def new_rows(self) -> list[dict[str, Any]]:
+        """`new_lines` parsed; a complete line that is not a JSON object is skipped, counted."""
+        return [row for row in map(self._store.parse_line, self.new_lines()) if row is not None]
 
 
 class RunStore:
@@ -80,14 +79,17 @@ class RunStore:
                                   "(no config.json, metrics.jsonl or rollouts/)")
         self.skipped_lines = 0
         self.config = self._read_config()
-        self.rows: list[dict[str, Any]] = []
-        self._row_at: dict[tuple[str, int], int] = {}        # (sample id, step) -> index in rows
+        # Index lines as read (what the browser gets, unparsed: it parses them itself), and the
+        # same lines parsed into rows on first use (queries, lookups by id), so opening a run
+        # costs one read of the index, not 25,000 json.loads.
+        self.index_lines: list[bytes] = []
+        self._rows: list[dict[str, Any]] = []
         self.metrics: list[dict[str, Any]] = []
-        self._indexed_files: set[str] = set()
+        self._indexed_files: set[bytes] = set()
         self._summarised_files: set[str] = set()
         self._index = JsonlFollower(self, f"rollouts/{INDEX_NAME}")
         self._metrics = JsonlFollower(self, "metrics.jsonl")
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._refreshed_at = 0.0
         self.refresh(force=True)
 
@@ -123,6 +125,17 @@ class RunStore:
         return config if isinstance(config, dict) else {}
 
     # -- following ---------------------------------------------------------------------------
+    def parse_line(self, line: bytes, count: bool = True) -> dict[str, Any] | None:
+        """One JSON Lines line as a dict, or None (counted in `skipped_lines` if `count`)."""
+        try:
+            row = json.loads(line, object_hook=revive_floats if b'"$float"' in line else None)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            self.skipped_lines += count
+            return None
+        return row
+
     def refresh(self, force: bool = False) -> None:
         """Take in what was appended since the last refresh (at most every 0.5 s)."""
         with self._lock:
@@ -130,25 +143,34 @@ class RunStore:
             if not force and now - self._refreshed_at < _REFRESH_EVERY_S:
                 return
             self._refreshed_at = now
-            for row in self._index.new_rows():
-                self._indexed_files.add(row.get("file", ""))
-                self._add_row(row)
+            lines = self._index.new_lines()
+            self._indexed_files.update(m.group(1) for m in map(_FILE_FIELD.search, lines) if m)
+            self.index_lines.extend(lines)
             for name in self._listing("rollouts", _STEP_FILE):
-                if name not in self._indexed_files and name not in self._summarised_files:
+                if name.encode() not in self._indexed_files and name not in self._summarised_files:
                     self._summarise_step_file(name)
             self.metrics.extend(r for r in self._metrics.new_rows() if "step" in r)
 
-    def _add_row(self, row: dict[str, Any]) -> None:
-        key = (str(row.get("id")), int(row.get("step", 0)))
-        if key in self._row_at:                   # the index line replaces a file summary
-            self.rows[self._row_at[key]] = row
-        else:
-            self._row_at[key] = len(self.rows)
-            self.rows.append(row)
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """Every index row, parsed (the first call parses the whole index)."""
+        with self._lock:
+            for line in self.index_lines[len(self._rows) + self._unparsable:]:
+                row = self.parse_line(line)
+                if row is None:
+                    self._unparsable += 1
+                    continue
+                self._rows.append(row)
+            return self._rows
+
+    _unparsable = 0                            # index lines that were not JSON objects
 
     def _summarise_step_file(self, name: str) -> None:
+        """Index lines made from a step file that has none (a run from before the index). Only
+        once the file has been in place a few seconds: the writer appends a step's index lines
+        right after renaming its file, and they, not a summary, should win that race."""
         path = self.safe_path(f"rollouts/{name}")
-        if path is None:
+        if path is None or time.time() - path.stat().st_mtime < _SETTLE_S:
             return
         self._summarised_files.add(name)
         offset = 0
@@ -156,17 +178,26 @@ class RunStore:
             for line in handle:
                 if line.endswith(b"\n"):
                     try:
-                        self._add_row(index_row(json.loads(line), name, offset, len(line)))
+                        row = index_row(json.loads(line), name, offset, len(line))
+                        self.index_lines.append(browser_json(row).encode())
                     except (ValueError, KeyError, TypeError):
                         self.skipped_lines += 1
                 offset += len(line)
 
     # -- reading -----------------------------------------------------------------------------
+    def _lines_where(self, key: str, value: str) -> list[dict[str, Any]]:
+        """The index rows whose `key` is `value`, found in the raw lines without parsing the
+        rest (the writer's json.dumps puts `"key": value` in this exact form)."""
+        needle = f'"{key}": {json.dumps(value)},'.encode()
+        with self._lock:
+            lines = [line for line in self.index_lines if needle in line]
+        rows = [self.parse_line(line, count=False) for line in lines]
+        return [r for r in rows if r is not None and r.get(key) == value]
+
     def find_row(self, sample_id: str, step: int | None = None) -> dict[str, Any] | None:
-        if step is not None:
-            at = self._row_at.get((sample_id, step))
-            return self.rows[at] if at is not None else None
-        matches = [r for r in self.rows if r.get("id") == sample_id]
+        """The index row of a sample (at `step`, or its latest), or None."""
+        matches = [r for r in self._lines_where("id", sample_id)
+                   if step is None or r.get("step") == step]
         return matches[-1] if matches else None
 
     def sample(self, sample_id: str, step: int | None = None) -> dict[str, Any] | None:
@@ -189,7 +220,7 @@ class RunStore:
         return record
 
     def group(self, group_id: str) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r.get("group") == group_id]
+        return self._lines_where("group", group_id)
 
     def snapshot_names(self) -> list[str]:
         names = self._listing("buffer", _SNAPSHOT_FILE)
@@ -207,16 +238,20 @@ class RunStore:
         return JsonlFollower(self, "buffer/evictions.jsonl").new_rows()
 
     def run_info(self) -> dict[str, Any]:
-        deterministic = self.config.get("deterministic") is True
-        info = {"name": self.root.name, "deterministic": deterministic,
+        """What the page needs first; cheap (no parse of the index)."""
+        return {"name": self.root.name, "deterministic": self.config.get("deterministic") is True,
                 "max_lag": (self.config.get("buffer") or {}).get("max_lag"),
-                "samples": len(self.rows), "steps": len({r.get("step") for r in self.rows}),
-                "metric_rows": len(self.metrics), "skipped_lines": self.skipped_lines,
-                "config": self.config}
-        if deterministic:
-            info["banner"] = {"tokens": sum(int(r.get("det_tokens") or 0) for r in self.rows),
-                              "nonzero": sum(int(r.get("det_nonzero") or 0) for r in self.rows)}
-        return info
+                "samples": len(self.index_lines), "metric_rows": len(self.metrics),
+                "skipped_lines": self.skipped_lines, "config": self.config}
+
+    def deterministic_banner(self) -> dict[str, int] | None:
+        """In a deterministic run, the tokens compared and those whose gap is not exactly 0
+        (rollout_log.deterministic_gap_tokens); None in other runs."""
+        if self.config.get("deterministic") is not True:
+            return None
+        rows = self.rows
+        return {"tokens": sum(int(r.get("det_tokens") or 0) for r in rows),
+                "nonzero": sum(int(r.get("det_nonzero") or 0) for r in rows)}
 
     def buffer_info(self, name: str | None) -> dict[str, Any]:
         names = self.snapshot_names()

@@ -32,4 +32,5 @@ def compute_loss(inputs: LossInputs, config: LossConfig) -> LossOutput:
     return _LOSSES[config.kind](inputs, config)
 
 
-__all__ = ["MASK_REASONS", "MASKING_REASONS", "GRPOLossConfig", "LossConfig", "LossInputs", "LossOutput", "compute_loss"]
+__all__ = ["MASK_REASONS", "MASKING_REASONS", "GRPOLossConfig", "LossConfig", "LossInputs",
+           "LossOutput", "compute_loss"]

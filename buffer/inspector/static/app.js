@@ -28,7 +28,9 @@ function addRows(rows) {
 function metricKeys() {
   const present = new Set();
   for (const row of state.metrics) {
-    for (const [key, value] of Object.entries(row)) if (key !== "step" && typeof value === "number") present.add(key);
+    for (const [key, value] of Object.entries(row)) {
+      if (key !== "step" && typeof value === "number") present.add(key);
+    }
   }
   const others = [...present].filter((k) => !CURVES.includes(k)).sort();
   return CURVES.filter((k) => present.has(k)).concat(others);
@@ -71,9 +73,8 @@ function filterForm(params) {
     form.append(h("label", {}, label, h("input", {name, type: "number", step: "any", value: params[name] ?? "",
                                                    class: "num-input", onchange: apply})));
   }
-  const select = (name, label, options) => h("label", {}, label,
-    h("select", {name, onchange: apply}, ...options.map(([value, text]) =>
-      h("option", {value, text, ...(String(params[name] ?? "") === value ? {selected: ""} : {})}))));
+  const select = (name, label, pairs) => h("label", {}, label,
+    h("select", {name, onchange: apply}, ...options(pairs, params[name])));
   form.append(select("mask", "mask", [["", "any"], ["none", "no masked token"],
                                       ...[...state.reasons].sort().map((r) => [r, r])]));
   form.append(select("finish", "finish", [["", "any"], ...[...state.finishes].sort().map((f) => [f, f])]));
@@ -86,16 +87,17 @@ function filterForm(params) {
 
 function cell(row, key) {
   const value = row[key];
-  if (key === "id") return h("td", {}, link(value, {view: "sample", id: value, step: row.step}, {class: "sample-link"}));
+  if (key === "id") {
+    return h("td", {}, link(value, {view: "sample", id: value, step: row.step}, {class: "sample-link"}));
+  }
   if (key === "group") return h("td", {}, link(value, {view: "group", id: value}));
-  if (key === "text") return h("td", {class: "preview", text: value ?? "", title: value ?? ""});
+  if (key === "text") return h("td", {class: "preview", text: visible(value), title: visible(value)});
   if (key === "masked") {
     const reasons = Object.entries(row.reasons || {}).map(([r, n]) => `${r} ${n}`).join(", ");
     return h("td", {class: "num", text: short(value), title: reasons || "no token masked or changed"});
   }
   if (key === "versions") {
-    const span = row.version_min === row.version_max ? `v${row.version_min}` : `v${row.version_min}–v${row.version_max}`;
-    return h("td", {class: "num", text: `${value} (${span})`});
+    return h("td", {class: "num", text: `${value} (${versionSpan(row.version_min, row.version_max)})`});
   }
   if (key === "max_gap") {
     return h("td", {class: "num", text: short(value), title: String(value),
@@ -108,11 +110,14 @@ function renderSamples(section, params) {
   const sort = SORT_KEYS.includes(params.sort) ? params.sort : "step";
   const desc = params.desc === "1";
   const perPage = Math.min(500, Math.max(1, Number(params.per_page) || 50));
-  const selected = sortRows(state.rows.filter((r) => matches(r, params)), sort, desc);
+  const selected = sortRows(state.rows.filter(compileFilter(params)), sort, desc);
   const pages = Math.max(1, Math.ceil(selected.length / perPage));
   const page = Math.min(pages, Math.max(1, Number(params.page) || 1));
   const shown = selected.slice((page - 1) * perPage, page * perPage);
-  const head = h("tr", {}, ...COLUMNS.map(([key, label]) => {
+  // Deterministic runs get a column of the tokens whose gap is not 0 (what the banner counts).
+  const columns = state.run.deterministic
+    ? COLUMNS.flatMap((c) => c[0] === "max_gap" ? [c, ["det_nonzero", "gap ≠ 0"]] : [c]) : COLUMNS;
+  const head = h("tr", {}, ...columns.map(([key, label]) => {
     if (!SORT_KEYS.includes(key)) return h("th", {text: label});
     const active = key === sort;
     const next = {...params, view: "samples", sort: key, desc: active && !desc ? "1" : "", page: ""};
@@ -120,11 +125,12 @@ function renderSamples(section, params) {
              link(label + (active ? (desc ? " ▼" : " ▲") : ""), next, {class: "sort", "data-sort": key}));
   }));
   const body = h("tbody", {}, ...shown.map((row) => h("tr", {dataset: {id: row.id, step: String(row.step)}},
-    ...COLUMNS.map(([key]) => cell(row, key)))));
-  const pager = h("div", {class: "pager"},
-    page > 1 ? link("‹ previous", {...params, view: "samples", page: page - 1}) : h("span", {text: "‹ previous", class: "off"}),
-    h("span", {class: "page-info", text: `page ${page} of ${pages} · ${selected.length} of ${state.rows.length} samples`}),
-    page < pages ? link("next ›", {...params, view: "samples", page: page + 1}) : h("span", {text: "next ›", class: "off"}));
+    ...columns.map(([key]) => cell(row, key)))));
+  const turn = (label, to, allowed) => allowed ? link(label, {...params, view: "samples", page: to})
+                                               : h("span", {text: label, class: "off"});
+  const info = `page ${page} of ${pages} · ${selected.length} of ${state.rows.length} samples`;
+  const pager = h("div", {class: "pager"}, turn("‹ previous", page - 1, page > 1),
+                  h("span", {class: "page-info", text: info}), turn("next ›", page + 1, page < pages));
   section.replaceChildren(filterForm(params), pager,
                           h("table", {class: "samples"}, h("thead", {}, head), body));
 }
@@ -137,11 +143,17 @@ function renderBanner() {
   for (const row of state.rows) { tokens += row.det_tokens || 0; nonzero += row.det_nonzero || 0; }
   banner.hidden = false;
   banner.className = nonzero ? "banner bad" : "banner good";
-  banner.textContent = `Deterministic run: ${nonzero} of ${tokens} compared tokens have a gap that is not exactly 0` +
-    (nonzero ? " (sort the table by max |gap| to find them)." : ".");
+  banner.replaceChildren(
+    `Deterministic run: ${nonzero} of ${tokens} compared tokens have a gap that is not exactly 0`,
+    nonzero ? h("span", {}, " · ", link("show those samples first",
+                                        {view: "samples", sort: "det_nonzero", desc: "1"},
+                                        {id: "banner-link"}))
+            : ".");
 }
 
 async function render() {
+  const started = performance.now();
+  Tooltip.hide();
   const params = readHash();
   const view = VIEWS.includes(params.view) ? params.view : "overview";
   for (const name of VIEWS) {
@@ -155,6 +167,7 @@ async function render() {
   else if (view === "sample") await Views.sample(section, params);
   else if (view === "group") await Views.group(section, params);
   else if (view === "buffer") await Views.buffer(section, params);
+  document.body.dataset.renderMs = (performance.now() - started).toFixed(1);
   document.body.dataset.renderedHash = location.hash;   // tests and screenshots wait on this
 }
 
@@ -188,13 +201,15 @@ async function poll() {
 async function main() {
   state.run = await Source.run();
   document.getElementById("run-name").textContent = state.run.name;
-  addRows((await Source.index(0)).rows);
-  state.metrics = (await Source.metrics(0)).rows;
+  const [index, metrics] = await Promise.all([Source.index(0), Source.metrics(0)]);
+  addRows(index.rows);
+  state.metrics = metrics.rows;
   state.updatedAt = Date.now();
   renderBanner();
   showStatus();
   window.addEventListener("hashchange", () => render());
   await render();
+  document.body.dataset.readyMs = performance.now().toFixed(1);   // since navigation start
   document.body.dataset.ready = "1";
   if (Source.live) setTimeout(poll, 2000);
 }

@@ -22,6 +22,17 @@ function h(tag, attributes, ...children) {
   return node;
 }
 
+// Model text as shown: control characters (other than newline and tab) and bidi overrides, which
+// would act invisibly (or reorder what follows), become visible escapes like \x1b or \u202e.
+const INVISIBLE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+function visible(text) {
+  return String(text ?? "").replace(INVISIBLE, (c) => {
+    const code = c.charCodeAt(0);
+    const hex = code.toString(16);
+    return code < 0x100 ? `\\x${hex.padStart(2, "0")}` : `\\u${hex.padStart(4, "0")}`;
+  });
+}
+
 // Numbers for tables: short, but 0 stays "0" so an exact match reads as one. Tooltips and
 // detail panels use String(value): JavaScript's shortest round-trip form, the value written.
 function short(value) {
@@ -52,9 +63,25 @@ const Source = (() => {
     const response = await fetch(path, {cache: "no-store", credentials: "same-origin"});
     if (response.status === 404) return null;
     if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
-    return JSON.parse(await response.text(), revive);
+    const text = await response.text();
+    return text.includes('"$float"') ? JSON.parse(text, revive) : JSON.parse(text);
   }
   const q = encodeURIComponent;
+
+  // /api/index is JSON Lines straight from DIR/rollouts/index.jsonl; a line that does not parse
+  // (a writer that crashed mid-line, then appended) is skipped, never fatal.
+  async function getLines(path) {
+    const response = await fetch(path, {cache: "no-store", credentials: "same-origin"});
+    if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+    const text = await response.text();
+    const withFloats = text.includes('"$float"');
+    const rows = [];
+    for (const line of text.split("\n")) {
+      if (!line.trim()) continue;
+      try { rows.push(withFloats ? JSON.parse(line, revive) : JSON.parse(line)); } catch (e) { /* skipped */ }
+    }
+    return {rows};
+  }
 
   function embeddedBuffer(name) {
     const b = embedded.buffer;
@@ -67,7 +94,7 @@ const Source = (() => {
   return {
     live: !embedded,
     run: async () => embedded ? embedded.run : get("api/run"),
-    index: async (from) => embedded ? {rows: embedded.rows.slice(from)} : get(`api/index?from=${from}`),
+    index: async (from) => embedded ? {rows: embedded.rows.slice(from)} : getLines(`api/index?from=${from}`),
     metrics: async (from) => embedded ? {rows: embedded.metrics.slice(from)}
                                       : get(`api/metrics?from=${from}`),
     sample: async (id, step) => embedded ? embedded.samples[`${id}@${step}`] || null
@@ -90,6 +117,22 @@ function navigate(params) {
   const hash = "#" + p.toString();
   if (location.hash === hash) window.dispatchEvent(new HashChangeEvent("hashchange"));
   else location.hash = hash;
+}
+
+// "v3", or "v2–v3" for a sample that spans versions.
+function versionSpan(low, high) { return low === high ? `v${low}` : `v${low}–v${high}`; }
+
+// <option>s for a <select>, `chosen` selected; `pairs` are [value, label].
+function options(pairs, chosen) {
+  return pairs.map(([value, text]) =>
+    h("option", {value, text, ...(String(chosen ?? "") === value ? {selected: ""} : {})}));
+}
+
+function headerRow(labels) { return h("tr", {}, ...labels.map((text) => h("th", {text}))); }
+
+// A collapsed block of model text.
+function textBlock(summary, text) {
+  return h("details", {}, h("summary", {text: summary}), h("pre", {class: "text", text: visible(text)}));
 }
 
 function link(text, params, extra) {
@@ -117,31 +160,40 @@ const Tooltip = (() => {
 
 // Table filters and sorting: the rules of buffer/inspector/query.py.
 const SORT_KEYS = ["step", "id", "len", "reward", "advantage", "staleness", "max_gap", "k3",
-                   "max_iw", "masked", "versions", "finish"];
+                   "max_iw", "masked", "versions", "finish", "det_nonzero"];
 const RANGES = {step: "step", reward: "reward", stale: "staleness", gap: "max_gap"};
 
-function matches(row, params) {
+// The filter of `params` as one predicate, built once per render (25,000 rows are tested).
+function compileFilter(params) {
+  const ranges = [];
   for (const [name, key] of Object.entries(RANGES)) {
     const low = params[`${name}_min`], high = params[`${name}_max`];
-    if ((low === undefined || low === "") && (high === undefined || high === "")) continue;
-    const value = row[key];
-    if (value === null || value === undefined) return false;
-    if (low !== undefined && low !== "" && value < Number(low)) return false;
-    if (high !== undefined && high !== "" && value > Number(high)) return false;
+    const lo = low === undefined || low === "" ? null : Number(low);
+    const hi = high === undefined || high === "" ? null : Number(high);
+    if (lo !== null || hi !== null) ranges.push([key, lo, hi]);
   }
-  const reasons = row.reasons || {};
-  const mask = params.mask || "";
-  if (mask === "none" && Object.keys(reasons).length) return false;
-  if (mask !== "" && mask !== "none" && !reasons[mask]) return false;
-  if (params.finish && row.finish !== params.finish) return false;
-  if (params.text) {
-    const needle = params.text.toLowerCase();
-    if (![row.id, row.prompt, row.text].some((s) => String(s ?? "").toLowerCase().includes(needle))) {
+  const mask = params.mask || "", finish = params.finish || "";
+  const needle = (params.text || "").toLowerCase();
+  return (row) => {
+    for (const [key, lo, hi] of ranges) {
+      const value = row[key];
+      if (value === null || value === undefined) return false;
+      if ((lo !== null && value < lo) || (hi !== null && value > hi)) return false;
+    }
+    if (mask) {
+      const reasons = row.reasons || {};
+      const any = Object.keys(reasons).length > 0;
+      if (mask === "none" ? any : !reasons[mask]) return false;
+    }
+    if (finish && row.finish !== finish) return false;
+    if (needle && ![row.id, row.prompt, row.text].some((s) => String(s ?? "").toLowerCase().includes(needle))) {
       return false;
     }
-  }
-  return true;
+    return true;
+  };
 }
+
+function matches(row, params) { return compileFilter(params)(row); }
 
 function compare(a, b) {
   if (a < b) return -1;
@@ -149,11 +201,10 @@ function compare(a, b) {
   return 0;
 }
 
-// Step then id order first; then a stable sort on the key, missing values last either way.
+// A stable sort on the key (ties keep the index's order), missing values last either way.
 function sortRows(rows, key, desc) {
-  const sorted = rows.slice().sort((a, b) => compare(a.step, b.step) || compare(String(a.id), String(b.id)));
-  const present = sorted.filter((r) => r[key] !== null && r[key] !== undefined);
-  const missing = sorted.filter((r) => r[key] === null || r[key] === undefined);
+  const present = rows.filter((r) => r[key] !== null && r[key] !== undefined);
+  const missing = rows.filter((r) => r[key] === null || r[key] === undefined);
   present.sort((a, b) => desc ? compare(b[key], a[key]) : compare(a[key], b[key]));
   return present.concat(missing);
 }

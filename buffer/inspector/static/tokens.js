@@ -109,7 +109,7 @@ const TokenView = (() => {
   function details(token) {
     const rows = [
       ["token", `#${token.index}  id ${token.id}`],
-      ["text", JSON.stringify(token.text)],
+      ["text", visible(JSON.stringify(token.text))],
       ["sampler logprob", fmt(token.sampler)],
       ["trainer logprob", fmt(token.trainer)],
       ["gap (trainer - sampler)", fmt(token.gap)],
@@ -140,7 +140,7 @@ const TokenView = (() => {
       if (token.text === "") {
         span.classList.add("tok-empty");   // bytes of a character completed by the next token
       } else {
-        span.textContent = token.text;
+        span.textContent = visible(token.text);
       }
       if (previousVersion !== null && token.version !== previousVersion) {
         span.classList.add("vchange");

@@ -36,10 +36,10 @@ const Views = (() => {
       ["advantage", String(record.advantage)], ["finish", s.finish_reason],
       ["tokens", String(s.completion_ids_T.length)], ["learner version", String(record.learner_version)],
       ["weight versions", versions.map((v) => `v${v}`).join(", ")],
-      ["staleness", String(record.learner_version - Math.min(...(s.versions_T.length ? s.versions_T : [record.learner_version])))],
+      ["staleness", String(record.learner_version - (versions.length ? versions[0] : record.learner_version))],
       ["reuse", String(record.reuse_count ?? 0)]]);
     const modeSelect = h("select", {id: "color-mode", onchange: (e) => navigate({...params, color: e.target.value})},
-      ...MODES.map((m) => h("option", {value: m, text: Scales.MODES[m].label, ...(m === mode ? {selected: ""} : {})})));
+                         ...options(MODES.map((m) => [m, Scales.MODES[m].label]), mode));
     const legend = h("div", {class: "legend", id: "legend"});
     const tokensBox = h("div", {class: "tokens", id: "tokens"});
     const panel = h("div", {class: "token-detail", id: "token-detail"},
@@ -48,7 +48,8 @@ const Views = (() => {
     const tokens = TokenView.render(tokensBox, record, mode);
     const elapsed = performance.now() - started;
     section.dataset.renderMs = elapsed.toFixed(2);
-    const present = versions.length > 1 ? `this sample spans ${versions.map((v) => `v${v}`).join(" → ")}` : "";
+    const spans = versions.map((v) => `v${v}`).join(" → ");
+    const present = versions.length > 1 ? `this sample spans ${spans}` : "";
     TokenView.legend(legend, mode, present);
     tokensBox.addEventListener("mousemove", (event) => {
       const span = event.target.closest(".tok");
@@ -69,8 +70,7 @@ const Views = (() => {
     section.replaceChildren(header, meta,
       h("div", {class: "toolbar"}, h("label", {}, "colour by ", modeSelect)), legend,
       h("div", {class: "token-layout"}, tokensBox, panel), timing,
-      h("details", {}, h("summary", {text: "prompt"}), h("pre", {class: "text", text: s.prompt_text})),
-      h("details", {}, h("summary", {text: "completion text"}), h("pre", {class: "text", text: s.completion_text})));
+      textBlock("prompt", s.prompt_text), textBlock("completion text", s.completion_text));
   }
 
   async function group(section, params) {
@@ -82,18 +82,20 @@ const Views = (() => {
     const parts = [h("h2", {}, "group ", h("code", {text: params.id}), ` · ${rows.length} samples`)];
     if (zeroVariance) {
       parts.push(h("div", {class: "banner warn", id: "zero-variance",
-        text: `Zero-variance group: every reward is ${rewards[0]}, so every advantage is 0 and this prompt gave no learning signal.`}));
+        text: `Zero-variance group: every reward is ${rewards[0]}, so every advantage is 0 ` +
+              "and this prompt gave no learning signal."}));
     }
     const prompt = records.find((r) => r)?.sample.prompt_text;
-    if (prompt !== undefined) parts.push(h("details", {}, h("summary", {text: "prompt"}), h("pre", {class: "text", text: prompt})));
+    if (prompt !== undefined) parts.push(textBlock("prompt", prompt));
     const cards = rows.map((row, i) => {
       const record = records[i];
       return h("div", {class: "sibling", dataset: {id: row.id}},
         h("div", {class: "sibling-head"}, link(row.id, {view: "sample", id: row.id, step: row.step})),
-        chips([["reward", String(row.reward)], ["advantage", short(row.advantage), row.advantage > 0 ? "good" : row.advantage < 0 ? "bad" : ""],
+        chips([["reward", String(row.reward)],
+               ["advantage", short(row.advantage), row.advantage > 0 ? "good" : row.advantage < 0 ? "bad" : ""],
                ["step", String(row.step)], ["finish", row.finish], ["tokens", String(row.len)],
                ["max |gap|", short(row.max_gap)], ["stale", String(row.staleness)]]),
-        h("pre", {class: "text", text: record ? record.sample.completion_text : row.text}));
+        h("pre", {class: "text", text: visible(record ? record.sample.completion_text : row.text)}));
     });
     parts.push(h("div", {class: "siblings"}, ...cards));
     section.replaceChildren(...parts);
@@ -109,28 +111,30 @@ const Views = (() => {
     const parts = [];
     if (info && info.snapshots.length) {
       const select = h("select", {id: "snapshot", onchange: (e) => navigate({view: "buffer", snapshot: e.target.value})},
-        ...info.snapshots.map((n) => h("option", {value: n, text: n, ...(n === info.snapshot ? {selected: ""} : {})})));
+                       ...options(info.snapshots.map((n) => [n, n]), info.snapshot));
       const ages = {};
       for (const row of info.rows) ages[row.age] = (ages[row.age] || 0) + 1;
       const groups = new Set(info.rows.map((r) => r.group)).size;
       parts.push(h("div", {class: "toolbar"}, h("label", {}, "snapshot ", select)),
         chips([["waiting samples", String(info.rows.length)], ["groups", String(groups)],
                ...Object.entries(ages).map(([age, n]) => [`age ${age}`, String(n)])]));
-      const head = h("tr", {}, ...["ticket", "group", "sample", "age / max_lag", "versions", "reuse", "tokens", "reward", "completion"]
-        .map((t) => h("th", {text: t})));
+      const head = headerRow(["ticket", "group", "sample", "age / max_lag", "versions", "reuse", "tokens",
+                              "reward", "completion"]);
       const body = info.rows.map((r) => h("tr", {},
         h("td", {class: "num", text: String(r.ticket)}), h("td", {text: r.group}), h("td", {text: r.id}),
-        h("td", {class: `num ${r.age > r.max_lag ? "over" : r.age === r.max_lag ? "at-bound" : ""}`, text: `${r.age} / ${r.max_lag}`}),
-        h("td", {text: r.version_min === r.version_max ? `v${r.version_min}` : `v${r.version_min}–v${r.version_max}`}),
+        h("td", {class: `num ${r.age > r.max_lag ? "over" : r.age === r.max_lag ? "at-bound" : ""}`,
+                 text: `${r.age} / ${r.max_lag}`}),
+        h("td", {text: versionSpan(r.version_min, r.version_max)}),
         h("td", {class: "num", text: String(r.reuse)}), h("td", {class: "num", text: String(r.len)}),
-        h("td", {class: "num", text: short(r.reward)}), h("td", {class: "preview", text: r.text})));
+        h("td", {class: "num", text: short(r.reward)}), h("td", {class: "preview", text: visible(r.text)})));
       parts.push(h("table", {class: "samples", id: "waiting"}, h("thead", {}, head), h("tbody", {}, ...body)));
     }
     const evictions = (info && info.evictions) || [];
     parts.push(h("h3", {text: `evictions · ${evictions.length}`}),
-      chips(Object.entries((info && info.eviction_counts) || {}).map(([reason, n]) => [reason, String(n), "bad"])));
+      chips(Object.entries((info && info.eviction_counts) || {})
+        .map(([reason, n]) => [reason, String(n), "bad"])));
     if (evictions.length) {
-      const head = h("tr", {}, ...["group", "ticket", "reason", "oldest version", "learner version"].map((t) => h("th", {text: t})));
+      const head = headerRow(["group", "ticket", "reason", "oldest version", "learner version"]);
       parts.push(h("table", {class: "samples", id: "evictions"}, h("thead", {}, head), h("tbody", {},
         ...evictions.map((e) => h("tr", {}, h("td", {text: e.group_id}), h("td", {class: "num", text: String(e.ticket)}),
           h("td", {text: e.reason}), h("td", {class: "num", text: String(e.oldest_version)}),
