@@ -36,8 +36,7 @@ def _groups(engine_kind: str, model_path: str, args) -> tuple[list, float]:
 
     from slipstream.buffer.records import Group
     from slipstream.envs import ArithmeticEnvConfig, build_env
-    from slipstream.rewards import RewardRunner, build_reward
-    from slipstream.rewards import MathVerifyRewardConfig
+    from slipstream.rewards import MathVerifyRewardConfig, RewardRunner, build_reward
     from slipstream.rollout.engine import EngineSettings, SamplingSettings, build_engine
     from slipstream.rollout.group import GroupSettings, generate_group
 
@@ -51,7 +50,8 @@ def _groups(engine_kind: str, model_path: str, args) -> tuple[list, float]:
         settings = GroupSettings(args.group_size, SamplingSettings(
             temperature=1.0, max_tokens=args.new_tokens, ignore_eos=True), seed=0)
         try:
-            await generate_group(engine, tokenizer, rewards, env.prompt(99), 99, settings)  # warm-up
+            # Warm-up: one group first, so start-up costs stay out of the figure.
+            await generate_group(engine, tokenizer, rewards, env.prompt(99), 99, settings)
             started = time.perf_counter()
             groups = await asyncio.gather(*(
                 generate_group(engine, tokenizer, rewards, env.prompt(t), t, settings)
@@ -142,8 +142,9 @@ def main() -> None:
     tokens = sum(g.completion_tokens for g in groups)
     print(f"model {args.model} {args.dtype}, {args.prompts} prompts x {args.group_size} "
           f"samples, {args.new_tokens} new tokens ({tokens} tokens a step)")
+    ratio = learner["deterministic_s"] / learner["normal_s"]
     print(f"learner step (sync):  normal {learner['normal_s']:.2f} s, deterministic "
-          f"{learner['deterministic_s']:.2f} s -> {learner['deterministic_s'] / learner['normal_s']:.2f}x")
+          f"{learner['deterministic_s']:.2f} s -> {ratio:.2f}x")
     print(f"  + async replay of a fully stale batch: {learner['replay_s']:.2f} s -> "
           f"{(learner['deterministic_s'] + learner['replay_s']) / learner['normal_s']:.2f}x")
     print(f"sampler tokens/s:     vLLM {sampler['vllm']:.1f}, reference sampler "

@@ -175,8 +175,9 @@ class ReferenceEngine:
                              f"fit max_model_len={self.settings.max_model_len}")
         generator = torch.Generator().manual_seed(
             seed if seed is not None else self.settings.seed * 7919 + len(request_id))
+        done = asyncio.get_running_loop().create_future()
         request = _Request(list(prompt_ids), sampling.temperature, sampling.max_tokens,
-                           sampling.ignore_eos, generator, asyncio.get_running_loop().create_future())
+                           sampling.ignore_eos, generator, done)
         self._pending.append(request)
         self._wake.set()
         await request.done
