@@ -130,7 +130,7 @@ class ReferenceEngine:
         self._step_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
-        self._failure: BaseException | None = None
+        self._failure: Exception | None = None
 
     @property
     def weight_version(self) -> int:
@@ -167,6 +167,8 @@ class ReferenceEngine:
 
         if self._model is None:
             raise RuntimeError("ReferenceEngine is not started (call `await engine.start()`)")
+        if self._failure is not None:      # the batching loop died: nothing would serve this
+            raise RuntimeError(f"reference sampler failed earlier: {self._failure}")
         if sampling.top_p != 1.0:
             raise ValueError("the reference sampler samples the full distribution: top_p must "
                              "be 1 (the learner's logprobs have no nucleus cut either)")
@@ -201,12 +203,11 @@ class ReferenceEngine:
                     self._retire_finished()
         except asyncio.CancelledError:
             raise
-        except BaseException as error:   # noqa: BLE001 - handed to every waiting request
+        except Exception as error:   # noqa: BLE001 - handed to every request, waiting or later
             self._failure = error
             for request in self._pending + self._active:
                 if not request.done.done():
                     request.done.set_exception(error)
-            raise
 
     # -- steps (run in a worker thread) -----------------------------------------------------
     def _forward(self, first_row: int, sequences_B: list[list[int]],

@@ -127,3 +127,28 @@ def test_bad_requests_and_weights_fail_with_a_clear_error(tiny, tmp_path):
         return ok
 
     assert len(asyncio.run(run()).token_ids) == 3
+
+
+def test_a_failing_step_fails_every_waiting_request_and_later_ones(tiny, monkeypatch):
+    path, dtype = tiny
+    from slipstream.rollout.reference_sampler import ReferenceEngine
+
+    def broken_decode(self):
+        raise MemoryError("out of memory in decode")
+
+    monkeypatch.setattr(ReferenceEngine, "_decode", broken_decode)
+    sampling = SamplingSettings(max_tokens=5, ignore_eos=True)
+
+    async def run():
+        engine = build_engine(EngineSettings(model=path, dtype=dtype, sampler="reference"))
+        await engine.start()
+        results = await asyncio.gather(*(engine.generate([1, 2, 3], sampling, seed=i,
+                                                         request_id=str(i)) for i in range(3)),
+                                       return_exceptions=True)
+        with pytest.raises(RuntimeError, match="failed earlier: out of memory"):
+            await engine.generate([1, 2], sampling, seed=9, request_id="late")
+        await engine.shutdown()
+        return results
+
+    results = asyncio.run(run())
+    assert all(isinstance(r, MemoryError) for r in results)
