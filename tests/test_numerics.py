@@ -21,7 +21,7 @@ def _seed():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("in_out", [(576, 1536), (96, 172), (7, 13)])
+@pytest.mark.parametrize("in_out", [(576, 1536), (96, 172), (7, 13), (149, 4)])
 def test_linear_row_does_not_depend_on_row_count_neighbours_or_place(dtype, in_out):
     k, n = in_out
     weight, bias = torch.randn(n, k, dtype=dtype), torch.randn(n, dtype=dtype)

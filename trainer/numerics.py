@@ -144,11 +144,11 @@ def invariant_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out.reshape(*batch, a.shape[-2], b.shape[-1])
 
 
+_vllm_state = {"enabled": False}
+
+
 def _vllm_kernels_enabled() -> bool:
     return _vllm_state["enabled"]
-
-
-_vllm_state = {"enabled": False}
 
 
 def _enable_vllm_kernels() -> None:
@@ -324,6 +324,10 @@ def scaled_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor
     return torch.log_softmax(logits.float() / temperature, dim=-1)
 
 
+def _addmm(bias, a, b, *, beta=1, alpha=1):
+    return beta * bias + alpha * invariant_matmul(a, b)
+
+
 # ------------------------------------------------------------------------------ the context
 class _BatchInvariantMode(TorchFunctionMode):
     _ROUTES: dict = {}
@@ -342,13 +346,9 @@ _BatchInvariantMode._ROUTES = {
     torch.Tensor.__matmul__: invariant_matmul,
     torch.mm: invariant_matmul, torch.Tensor.mm: invariant_matmul,
     torch.bmm: invariant_matmul, torch.Tensor.bmm: invariant_matmul,
-    torch.addmm: lambda bias, a, b, **kw: _addmm(bias, a, b, **kw),
+    torch.addmm: _addmm,
     F.scaled_dot_product_attention: _sdpa,
 }
-
-
-def _addmm(bias, a, b, *, beta=1, alpha=1):
-    return beta * bias + alpha * invariant_matmul(a, b)
 
 
 class _ModelSwitch:
