@@ -107,6 +107,11 @@ def test_async_pipeline_runs_syncs_and_fills_the_run_directory(tiny_model, tmp_p
         assert len(sample["sampler_logprobs_T"]) == len(row["trainer_logprobs_T"]) == n
         assert len(sample["versions_T"]) == n
         assert row["learner_version"] - min(sample["versions_T"]) <= 1   # max_lag
+        # What the inspector reads: per-token strings, weights, masks and reasons.
+        assert len(sample["token_texts_T"]) == len(row["importance_weights_T"]) == n
+        assert len(row["masked_T"]) == len(row["mask_reasons_T"]) == n
+        assert sample["prefix_recomputed"] is False and row["own_version_logprobs_T"] is None
+    assert len((out / "rollouts" / "index.jsonl").read_text().splitlines()) == len(rows)
     for path in sorted((out / "rollouts").glob("step-*.jsonl")):
         step = int(path.stem.split("-")[1])
         assert {json.loads(line)["step"] for line in path.read_text().splitlines()} == {step}
