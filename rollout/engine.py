@@ -43,7 +43,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from slipstream.rollout.weight_transfer import BACKEND
 
@@ -63,7 +63,7 @@ class EngineSettings:
     enable_prefix_caching: bool = True
     # "vllm": VLLMEngine. "reference": the reference sampler (rollout/reference_sampler.py), a
     # Hugging Face model under batch_invariant(), bitwise equal to the learner: deterministic mode.
-    sampler: str = "vllm"
+    sampler: Literal["vllm", "reference"] = "vllm"
 
 
 def build_engine(settings: EngineSettings):
