@@ -134,3 +134,38 @@ def test_learner_logprobs_do_not_depend_on_micro_batch_or_neighbours(dtype):
                     value = row[: len(s.completion_ids_T)]
                     previous = per_sample.setdefault(s.sample_id, value)
                     assert torch.equal(previous, value), (micro, s.sample_id)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_shapes_and_dtypes(seed):
+    """Random architectures (odd head dims, GQA ratios, widths, vocabularies; fp16 too) and random
+    batches: batched, permuted and KV-cache decode all equal the sequence alone."""
+    import random
+
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    heads = rng.choice([1, 2, 3, 4, 6])
+    config = (LlamaConfig if rng.random() < 0.5 else Qwen2Config)(
+        vocab_size=rng.randint(50, 700), hidden_size=heads * rng.choice([8, 12, 24, 40]),
+        intermediate_size=rng.randint(10, 300), num_hidden_layers=rng.randint(1, 3),
+        num_attention_heads=heads,
+        num_key_value_heads=rng.choice([h for h in (1, 2, 3, 6) if heads % h == 0]),
+        max_position_embeddings=512, tie_word_embeddings=rng.random() < 0.5)
+    dtype = rng.choice([torch.float32, torch.bfloat16, torch.float16])
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    seqs = [torch.randint(0, config.vocab_size, (rng.randint(1, 60),))
+            for _ in range(rng.randint(2, 6))]
+    ids, mask = right_padded(seqs)
+    order = torch.randperm(len(seqs))
+    with torch.no_grad(), batch_invariant():
+        batched = model(input_ids=ids, attention_mask=mask).logits
+        permuted = model(input_ids=ids[order], attention_mask=mask[order]).logits
+        for i, s in enumerate(seqs):
+            alone = model(input_ids=s[None]).logits[0]
+            assert torch.equal(batched[i, : len(s)], alone), i
+            assert torch.equal(permuted[int((order == i).nonzero()[0, 0]), : len(s)], alone), i
+            cache, steps = DynamicCache(config=model.config), []
+            for t in range(len(s)):
+                out = model(input_ids=s[None, t:t + 1], past_key_values=cache, use_cache=True)
+                steps.append(out.logits[0, -1])
+            assert torch.equal(torch.stack(steps), alone), i
