@@ -24,8 +24,8 @@ from slipstream.buffer.snapshots import append_evictions, write_snapshot
 @ray.remote(num_cpus=0)
 class ReplayBufferActor:
     def __init__(self, groups_per_step: int, max_lag: int, capacity_groups: int,
-                 directory: str) -> None:
-        self._buffer = ReplayBuffer(groups_per_step, max_lag, capacity_groups)
+                 directory: str, pinned: bool = False) -> None:
+        self._buffer = ReplayBuffer(groups_per_step, max_lag, capacity_groups, pinned=pinned)
         self._changed = asyncio.Condition()
         self._dir = Path(directory)
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -52,6 +52,12 @@ class ReplayBufferActor:
     async def set_rollout_version(self, version: int) -> None:
         self._buffer.set_rollout_version(version)
         await self._notify()
+
+    async def wait_generated(self, version: int) -> None:
+        """Return once every ticket pinned to `version` or older is back (pinned schedule)."""
+        async with self._changed:
+            while not self._buffer.generated_through(version):
+                await self._changed.wait()
 
     async def take_batch(self, learner_version: int, timeout_s: float) -> list[Group] | None:
         """A batch within the staleness bound, waiting up to `timeout_s`; None on time-out."""

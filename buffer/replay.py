@@ -17,6 +17,13 @@ learner holds the workers back instead of growing memory without bound.
 
 Batches are the `groups_per_step` waiting groups with the lowest tickets (oldest first), so the
 order of training does not depend on which worker finished first.
+
+The pinned schedule (`pinned=True`) makes asynchronous runs repeatable: ticket k is granted only
+while the workers hold exactly version `pinned_version(k) = max(0, step(k) - max_lag)`, and the
+controller publishes the next version only once every ticket pinned to the current one is back
+(`generated_through`). No group then spans versions, every token's version is a function of
+its ticket, and (with batch-invariant numerics and per-sample seeds) the run does not depend on
+timing. The overlap stays: while the learner trains step s, the workers generate step s+max_lag.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ class ReplayBuffer:
     eviction_counts: Counter = field(default_factory=Counter)
     groups_put: int = 0
     groups_taken: int = 0
+    pinned: bool = False                     # the pinned schedule (module docstring)
 
     def __post_init__(self) -> None:
         if self.capacity_groups < self.groups_per_step:
@@ -60,11 +68,17 @@ class ReplayBuffer:
         they do not count: later tickets move up instead of waiting for a step that never comes."""
         return (ticket - sum(self.eviction_counts.values())) // self.groups_per_step
 
+    def pinned_version(self, ticket: int) -> int:
+        """The one weight version the pinned schedule generates `ticket` with."""
+        return max(0, self.ticket_step(ticket) - self.max_lag)
+
     def try_ticket(self) -> int | None:
         """The next ticket if the staleness bound and the capacity allow starting it, else None."""
         if len(self.waiting) + len(self.in_flight) >= self.capacity_groups:
             return None
         if self.ticket_step(self.next_ticket) - self.max_lag > self.rollout_version:
+            return None
+        if self.pinned and self.pinned_version(self.next_ticket) != self.rollout_version:
             return None
         ticket = self.next_ticket
         self.next_ticket += 1
@@ -80,6 +94,11 @@ class ReplayBuffer:
 
     def set_rollout_version(self, version: int) -> None:
         self.rollout_version = version
+
+    def generated_through(self, version: int) -> bool:
+        """True once every ticket pinned to `version` or older has been granted and put back."""
+        return (self.pinned_version(self.next_ticket) > version
+                and all(self.pinned_version(t) > version for t in self.in_flight))
 
     def evict_stale(self, learner_version: int) -> list[Eviction]:
         """Drop waiting groups whose oldest token is beyond the staleness bound."""

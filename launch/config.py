@@ -52,6 +52,11 @@ class BufferConfig(_Strict):
     capacity_groups: int = Field(64, ge=1, description="Finished groups the buffer holds before "
                                  "it holds the workers back.")
     snapshot_every: int = Field(10, ge=1, description="Learner steps between buffer snapshots.")
+    schedule: Literal["free", "pinned"] = Field("free", description=(
+        "free: a group starts as soon as the staleness bound allows, and weight updates land "
+        "mid-generation. pinned: every group is generated whole with version step - max_lag "
+        "and an update waits for the groups of the version before it, so asynchronous runs "
+        "repeat exactly (with deterministic=true) at the price of some overlap."))
 
 
 class TrainerConfig(_Strict):
@@ -107,6 +112,14 @@ class RunConfig(_Strict):
                 " steps are that stale by construction")
         if self.trainer.loss.kl_coef > 0 and not self.trainer.reference_model:
             raise ValueError("trainer.loss.kl_coef > 0 needs trainer.reference_model=true")
+        if self.buffer.schedule == "pinned" and self.trainer.sync_every != 1:
+            raise ValueError("buffer.schedule=pinned needs trainer.sync_every=1 (each step's "
+                             "groups are pinned to the version published before it)")
+        pinned_groups = self.trainer.groups_per_step * (self.buffer.max_lag + 1)
+        if self.buffer.schedule == "pinned" and self.buffer.capacity_groups < pinned_groups:
+            raise ValueError(
+                f"buffer.capacity_groups ({self.buffer.capacity_groups}) must hold max_lag + 1 "
+                f"steps of groups ({pinned_groups}) for buffer.schedule=pinned")
         if self.deterministic and self.rollout.top_p != 1.0:
             raise ValueError("deterministic=true samples the full distribution the learner "
                              "recomputes: rollout.top_p must be 1")

@@ -91,7 +91,8 @@ def _await(ref: ray.ObjectRef, actors: Actors, timeout_s: float | None = None,
 def _start_actors(config: RunConfig, model_path: str, run: RunDirectory,
                   learner: LearnerSettings) -> Actors:
     buffer = ReplayBufferActor.remote(config.trainer.groups_per_step, config.buffer.max_lag,
-                                      config.buffer.capacity_groups, str(run.buffer))
+                                      config.buffer.capacity_groups, str(run.buffer),
+                                      pinned=config.buffer.schedule == "pinned")
     learner = ray.remote(Learner).options(num_cpus=0).remote(learner)
     workers = []
     for worker_id in range(config.rollout.num_workers):
@@ -169,6 +170,8 @@ def _train(config: RunConfig, actors: Actors, run: RunDirectory) -> None:
         if config.trainer.checkpoint_every and result.step % config.trainer.checkpoint_every == 0:
             _await(actors.learner.save_checkpoint.remote(str(run.checkpoints)), actors)
         if result.step % config.trainer.sync_every == 0 and result.step < config.steps:
+            if config.buffer.schedule == "pinned":   # the groups of the version in use first
+                _await(actors.buffer.wait_generated.remote(result.version - 1), actors)
             last_sync = _sync_weights(actors, config)
         progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}",
                              lag=f"{metrics['staleness/mean']:.2f}",

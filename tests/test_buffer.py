@@ -111,3 +111,26 @@ def test_snapshot_is_plain_json_with_ages(tmp_path):
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(rows) == 2 and {r["age"] for r in rows} == {2} and rows[0]["max_lag"] == 2
     assert isinstance(sample_from_json(rows[0]["sample"]), Sample)
+
+
+def test_pinned_schedule_grants_each_step_with_exactly_one_version():
+    buf = ReplayBuffer(groups_per_step=2, max_lag=1, capacity_groups=10, pinned=True)
+    # Steps 0 and 1 are pinned to version 0; step 2 to version 1, only once version 1 is held.
+    assert [buf.try_ticket() for _ in range(5)] == [0, 1, 2, 3, None]
+    assert [buf.pinned_version(t) for t in range(8)] == [0, 0, 0, 0, 1, 1, 2, 2]
+    for ticket in (0, 1, 2):
+        buf.put(ticket, make_group(ticket))
+    assert not buf.generated_through(0)          # ticket 3 (version 0) still in flight
+    buf.put(3, make_group(3))
+    assert buf.generated_through(0) and not buf.generated_through(1)
+    buf.take_batch(learner_version=0)
+    buf.set_rollout_version(1)
+    assert [buf.try_ticket(), buf.try_ticket(), buf.try_ticket()] == [4, 5, None]
+    buf.set_rollout_version(2)                   # the free schedule would grant 6 at version 1
+    assert buf.try_ticket() == 6
+
+
+def test_free_schedule_grants_newer_tickets_early():
+    buf = ReplayBuffer(groups_per_step=2, max_lag=1, capacity_groups=10)
+    buf.set_rollout_version(2)
+    assert buf.try_ticket() == 0                 # pinned would wait for version 0 forever

@@ -77,3 +77,21 @@ def test_deterministic_mode_refuses_nucleus_sampling(tmp_path):
                     *DETERMINISTIC, "--rollout.top-p", "0.9")
     assert result.returncode == 1
     assert "rollout.top_p must be 1" in result.stderr.strip().splitlines()[-1]
+
+
+def test_pinned_async_schedule_repeats_bit_for_bit(tiny_model, tmp_path):
+    common = (*DETERMINISTIC, "--buffer.schedule", "pinned", "--steps", "4",
+              "--buffer.max-lag", "1", "--seed", "3", "--model.dtype", "bfloat16")
+    for name in ("a", "b"):
+        result = launch("quickstart.py", tiny_model, tmp_path / name, *common)
+        assert result.returncode == 0, result.stderr[-3000:]
+    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert [m["loss/total"] for m in a] == [m["loss/total"] for m in b]
+    assert all(m["mismatch/max_abs_logprob_diff"] == 0.0 for m in a + b)
+    # Steps 1 and 2 are generated with version 0, then each step with the version before last.
+    assert [m["staleness/max"] for m in a] == [0, 1, 1, 1]
+    rows_a, rows_b = trained_rows(tmp_path / "a"), trained_rows(tmp_path / "b")
+    assert [r["sample"]["completion_ids_T"] for r in rows_a] == \
+        [r["sample"]["completion_ids_T"] for r in rows_b]
+    for row in rows_a:
+        assert set(row["sample"]["versions_T"]) == {max(0, row["step"] - 2)}

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -41,7 +42,11 @@ def launch(script: str, model: str, out: Path, *extra: str, timeout: int = 400):
         [sys.executable, str(ROOT / "launch" / script), "--model.path", model,
          "--output-dir", str(out), *SMALL, *env_args, *extra],
         capture_output=True, text=True, timeout=timeout, env=env)
-    leftovers = _engine_processes() - before
+    # Ray's worker processes may still be exiting a moment after the driver has: give them
+    # a few seconds, then any that remain are orphans.
+    deadline = time.monotonic() + 15
+    while (leftovers := _engine_processes() - before) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert not leftovers, f"orphan processes after {script}: {leftovers}"
     return result
 
