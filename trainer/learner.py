@@ -163,7 +163,9 @@ class Learner:
                 own, own_ok = self.replay.own_version_logprobs(
                     batch, logprobs, self.version, self.settings.temperature)
                 gap.add(logprobs, batch, own, own_ok)
-                own_logprobs.extend(tuple(row[:n].tolist()) for row, n in zip(own, lengths))
+                # A sample with any token no held version reproduces gets None, not a mix.
+                own_logprobs.extend(tuple(row[:n].tolist()) if bool(ok[:n].all()) else None
+                                    for row, ok, n in zip(own, own_ok, lengths))
             trainer_logprobs.extend(
                 tuple(row[:n].tolist()) for row, n in zip(logprobs.detach(), lengths))
             loss_tokens.extend(token_records(out, lengths))
