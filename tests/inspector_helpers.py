@@ -8,8 +8,24 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
+from slipstream.buffer.inspector import demo
 from slipstream.buffer.inspector.server import InspectorServer
 from slipstream.buffer.inspector.store import RunStore
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The demo run directory, made once per test module."""
+    return demo.make_demo_run(tmp_path_factory.mktemp("inspector") / "run")
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    """The demo run served on a free loopback port."""
+    with serving(run) as server:
+        yield server
 
 
 @contextmanager

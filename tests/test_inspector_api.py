@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from inspector_helpers import get_json, request, serving
+from inspector_helpers import get_json, request, run, server, serving  # noqa: F401
 
 from slipstream.buffer.inspector import demo
 from slipstream.buffer.inspector.export import export_html
@@ -15,17 +15,6 @@ from slipstream.buffer.inspector.server import InspectorServer
 from slipstream.buffer.inspector.store import RunStore
 from slipstream.buffer.inspector.terminal import inert, print_table
 from slipstream.errors import SlipstreamError
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return demo.make_demo_run(tmp_path_factory.mktemp("inspector") / "run")
-
-
-@pytest.fixture(scope="module")
-def server(run):
-    with serving(run) as server:
-        yield server
 
 
 def test_api_serves_run_index_metrics_samples_groups_and_buffer(server):

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from inspector_helpers import serving
+from inspector_helpers import run, server, serving  # noqa: F401
 
 from slipstream.buffer.inspector import demo
 from slipstream.buffer.inspector.export import export_html
@@ -55,17 +55,6 @@ def browser():
         instance = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield instance
         instance.close()
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return demo.make_demo_run(tmp_path_factory.mktemp("browser") / "run")
-
-
-@pytest.fixture(scope="module")
-def server(run):
-    with serving(run) as server:
-        yield server
 
 
 class Guarded:
