@@ -124,14 +124,13 @@ def grpo_loss(inputs: LossInputs, cfg: GRPOLossConfig) -> LossOutput:
         stats["loss/kl"] = kl_term.detach()
         stats["kl/ref"] = masked_share(k3_B_T.detach(), inputs, "token_mean")
     values = torch.stack([v.float() for v in stats.values()]).tolist()
-    weight_B_T, reason_B_T = _token_record(logp.detach(), sampler, clip_active, raw_weight,
-                                           mask, cfg)
+    weight_B_T, reason_B_T = _token_record(importance, clip_active, raw_weight, mask, cfg)
     return LossOutput(loss=loss, metrics=dict(zip(stats, values)),
                       importance_weight_B_T=weight_B_T, mask_reason_B_T=reason_B_T)
 
 
-def _token_record(logp: Tensor, sampler: Tensor, clip_active: Tensor, raw_weight: Tensor | None,
-                  mask: Tensor, cfg: GRPOLossConfig) -> tuple[Tensor, Tensor]:
+def _token_record(ratio: Tensor, clip_active: Tensor, raw_weight: Tensor | None, mask: Tensor,
+                  cfg: GRPOLossConfig) -> tuple[Tensor, Tensor]:
     """Per token, the importance weight the policy term really applied and why it differs from
     the plain ratio (MASK_REASONS codes).
 
@@ -145,7 +144,6 @@ def _token_record(logp: Tensor, sampler: Tensor, clip_active: Tensor, raw_weight
             weight = raw_weight.clamp(max=cfg.tis_cap)
             reason[raw_weight > cfg.tis_cap] = MASK_REASONS.index("tis_truncated")
         else:
-            ratio = torch.exp(logp - sampler)
             weight = torch.where(clip_active,
                                  ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_high), ratio)
         reason[clip_active] = MASK_REASONS.index("ppo_clip")
