@@ -213,7 +213,8 @@ class ReferenceEngine:
     def _forward(self, first_row: int, sequences_B: list[list[int]],
                  start_B: list[int]) -> torch.Tensor:
         """Run tokens sequences_B[b][start_B[b]:] at their positions in rows first_row + b;
-        return the fp32 logits of each sequence's last token, (B, V)."""
+        return the fp32 logits of each sequence's last token, (B, V). The lm_head runs only on
+        the columns some row ends in (its tiles make a row's logits independent of which)."""
         chunks = [seq[start:] for seq, start in zip(sequences_B, start_B)]
         width = max(len(c) for c in chunks)
         ids = torch.zeros(len(chunks), width, dtype=torch.long)
@@ -228,10 +229,11 @@ class ReferenceEngine:
         self._cache.bind(first_row, positions)
         keys = torch.arange(self._cache.get_seq_length())
         mask = (keys.view(1, 1, 1, -1) <= positions.view(len(chunks), 1, width, 1))
+        kept, column = torch.unique(last, return_inverse=True)
         with torch.no_grad(), batch_invariant():
             out = self._model(input_ids=ids, position_ids=positions, attention_mask=mask,
-                              past_key_values=self._cache, use_cache=True)
-        return out.logits[torch.arange(len(chunks)), last].float()
+                              past_key_values=self._cache, use_cache=True, logits_to_keep=kept)
+        return out.logits[torch.arange(len(chunks)), column].float()
 
     def _prefill(self, admitted: list[_Request]) -> None:
         """Prefill each distinct prompt once (in scratch rows past the admitted ones), copy its
