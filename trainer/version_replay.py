@@ -60,9 +60,6 @@ class VersionReplay:
             model = _WithParameters(self.module, self.weights[version])
             with torch.no_grad(), batch_invariant():
                 logprobs, _ = token_logprobs(model, batch.select(rows), temperature)
-            picked = tokens[rows]
-            own_rows = own[rows]
-            own_rows[picked] = logprobs[picked]
-            own[rows] = own_rows
+            own[tokens] = logprobs[tokens[rows]]     # both in row-major order of the same rows
             ok |= tokens
         return own, ok
