@@ -53,3 +53,37 @@ def test_gap_splits_numerics_from_staleness():
     assert m["staleness/tokens"] == 3 and m["staleness/max"] == 1
     assert m["staleness/mean"] == pytest.approx(1 / 5)
     assert m["staleness/kl"] == pytest.approx(k3(torch.tensor(-0.25)).item() / 3)
+
+
+@pytest.mark.parametrize("recomputed", [False, True])
+def test_the_inspectors_banner_rule_is_the_learners(recomputed):
+    """buffer/ may not import torch, so the inspector's banner counts the compared tokens with a
+    plain-Python twin of `reproducible_by`; on random version patterns both must agree."""
+    import dataclasses
+    import random
+
+    from slipstream.buffer.records import TrainedSample, to_json_dict
+    from slipstream.buffer.rollout_log import deterministic_gap_tokens
+    from slipstream.trainer.logprobs import reproducible_by
+
+    rng = random.Random(int(recomputed))
+    for _ in range(200):
+        learner_version = rng.randint(0, 3)
+        versions, v = [], rng.randint(max(0, learner_version - 2), learner_version)
+        for _ in range(rng.randint(1, 8)):
+            v = min(learner_version, v + (rng.random() < 0.3))
+            versions.append(v)
+        sample = dataclasses.replace(make_sample(versions=tuple(versions)),
+                                     prefix_recomputed=recomputed)
+        batch = collate([sample], pad_id=0)
+        current = reproducible_by(learner_version, batch)
+        every = torch.zeros_like(current)
+        for version in set(versions):
+            every |= reproducible_by(version, batch)
+        logprobs = tuple(sample.sampler_logprobs_T)
+        plain = to_json_dict(TrainedSample(sample, 1, learner_version, 0.0, logprobs))
+        own = to_json_dict(TrainedSample(sample, 1, learner_version, 0.0, logprobs,
+                                         own_version_logprobs_T=logprobs))
+        assert deterministic_gap_tokens(plain)[0] == int(current.sum()), versions
+        # With own-version logprobs, every token some held version reproduces is compared.
+        assert deterministic_gap_tokens(own)[0] == int(every.sum()), versions
