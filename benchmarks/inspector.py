@@ -69,7 +69,7 @@ def make_run(root: Path, samples: int, tokens: int, long: int) -> tuple[str, int
 
 
 def time_python_open(root: Path, repeats: int) -> float:
-    from slipstream.buffer.inspector.store import RunStore
+    from slipstream.inspector.store import RunStore
 
     times = []
     for _ in range(repeats):

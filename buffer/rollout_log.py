@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from slipstream.buffer.inspector.encoding import browser_json
+from slipstream.buffer.browser_json import browser_json
 from slipstream.buffer.records import TrainedSample, to_json_dict
 
 INDEX_NAME = "index.jsonl"

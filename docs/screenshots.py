@@ -14,11 +14,11 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from slipstream.buffer.inspector import demo
-from slipstream.buffer.inspector.export import export_html
-from slipstream.buffer.inspector.query import parse_query
-from slipstream.buffer.inspector.server import InspectorServer
-from slipstream.buffer.inspector.store import RunStore
+from slipstream.inspector import demo
+from slipstream.inspector.export import export_html
+from slipstream.inspector.query import parse_query
+from slipstream.inspector.server import InspectorServer
+from slipstream.inspector.store import RunStore
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]

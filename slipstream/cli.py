@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _query(args: argparse.Namespace, per_page: int):
-    from slipstream.buffer.inspector.query import parse_query
+    from slipstream.inspector.query import parse_query
 
     params = {"sort": args.sort, "desc": "1" if args.desc else "", "text": args.text,
               "mask": args.mask, "finish": args.finish, "per_page": str(per_page)}
@@ -64,12 +64,12 @@ def _query(args: argparse.Namespace, per_page: int):
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from slipstream.buffer.inspector.store import RunStore
+    from slipstream.inspector.store import RunStore
 
     if not 0 <= args.port <= 65535:
         raise SlipstreamError(f"bad port {args.port}: use 0..65535 (0 = any free port)")
     if args.demo:
-        from slipstream.buffer.inspector.demo import make_demo_run
+        from slipstream.inspector.demo import make_demo_run
 
         target = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="slipstream-demo-"))
         if (target / "config.json").exists():
@@ -81,7 +81,7 @@ def _inspect(args: argparse.Namespace) -> None:
         raise SlipstreamError("inspect needs a run directory (or --demo)")
     store = RunStore(args.dir)
     if args.print_table:
-        from slipstream.buffer.inspector.terminal import print_table
+        from slipstream.inspector.terminal import print_table
 
         print(print_table(store.rows, _query(args, min(args.limit or 50, 500))))
         banner = store.deterministic_banner()
@@ -90,7 +90,7 @@ def _inspect(args: argparse.Namespace) -> None:
                   "have a gap that is not exactly 0")
         return
     if args.html:
-        from slipstream.buffer.inspector.export import export_html
+        from slipstream.inspector.export import export_html
 
         try:
             path, count, left_out = export_html(store, args.html, _query(args, 500),
@@ -105,7 +105,7 @@ def _inspect(args: argparse.Namespace) -> None:
 
 
 def _serve(store, args: argparse.Namespace) -> None:
-    from slipstream.buffer.inspector.server import InspectorServer
+    from slipstream.inspector.server import InspectorServer
 
     server = InspectorServer(store, args.host, args.port, args.allow_remote)
     print(f"slipstream inspector: {server.url}  (Ctrl-C to stop)", flush=True)

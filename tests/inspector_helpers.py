@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from slipstream.buffer.inspector import demo
-from slipstream.buffer.inspector.server import InspectorServer
-from slipstream.buffer.inspector.store import RunStore
+from slipstream.inspector import demo
+from slipstream.inspector.server import InspectorServer
+from slipstream.inspector.store import RunStore
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ import sys
 import pytest
 from inspector_helpers import get_json, request, run, server, serving  # noqa: F401
 
-from slipstream.buffer.inspector import demo
-from slipstream.buffer.inspector.export import export_html
-from slipstream.buffer.inspector.query import parse_query
-from slipstream.buffer.inspector.server import InspectorServer
-from slipstream.buffer.inspector.store import RunStore
-from slipstream.buffer.inspector.terminal import inert, print_table
+from slipstream.inspector import demo
+from slipstream.inspector.export import export_html
+from slipstream.inspector.query import parse_query
+from slipstream.inspector.server import InspectorServer
+from slipstream.inspector.store import RunStore
+from slipstream.inspector.terminal import inert, print_table
 from slipstream.errors import SlipstreamError
 
 

@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 import pytest
 from inspector_helpers import run, server, serving  # noqa: F401
 
-from slipstream.buffer.inspector import demo
-from slipstream.buffer.inspector.export import export_html
-from slipstream.buffer.inspector.query import parse_query
-from slipstream.buffer.inspector.store import RunStore
+from slipstream.inspector import demo
+from slipstream.inspector.export import export_html
+from slipstream.inspector.query import parse_query
+from slipstream.inspector.store import RunStore
 
 CHROMIUM = os.environ.get("SLIPSTREAM_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from slipstream.buffer.inspector.query import page, parse_query, select
+from slipstream.inspector.query import page, parse_query, select
 
 ROWS = [
     {"id": "a", "step": 1, "reward": 1.0, "staleness": 0, "max_gap": 0.0, "finish": "stop",

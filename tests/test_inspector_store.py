@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from slipstream.buffer.inspector import demo
-from slipstream.buffer.inspector.store import RunStore
+from slipstream.inspector import demo
+from slipstream.inspector.store import RunStore
 from slipstream.errors import SlipstreamError
 
 

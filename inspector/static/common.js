@@ -1,6 +1,6 @@
 // slipstream inspector: what every view shares: building DOM (text only, never HTML), the data
 // source (the local server, or the JSON embedded in an --html export), the URL state, the
-// tooltip, and the table filters (the same rules as buffer/inspector/query.py).
+// tooltip, and the table filters (the same rules as inspector/query.py).
 "use strict";
 
 // h("td", {class: "num", text: value}, child, ...): an element whose text is set with
@@ -158,7 +158,7 @@ const Tooltip = (() => {
   return {show, hide};
 })();
 
-// Table filters and sorting: the rules of buffer/inspector/query.py.
+// Table filters and sorting: the rules of inspector/query.py.
 const SORT_KEYS = ["step", "id", "len", "reward", "advantage", "staleness", "max_gap", "k3",
                    "max_iw", "masked", "versions", "finish", "det_nonzero"];
 const RANGES = {step: "step", reward: "reward", stale: "staleness", gap: "max_gap"};

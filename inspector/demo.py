@@ -29,7 +29,6 @@ from slipstream.buffer.records import Group, Sample, TrainedSample
 from slipstream.buffer.replay import Eviction, ReplayBuffer
 from slipstream.buffer.rollout_log import write_step
 from slipstream.buffer.snapshots import append_evictions, write_snapshot
-from slipstream.trainer.advantages import group_advantages
 
 DEMO_STEPS = 6
 DEMO_GROUPS_PER_STEP = 2
@@ -61,6 +60,20 @@ def _pieces(text: str) -> list[str]:
             pieces.append("")
         pieces.append(piece)
     return pieces
+
+
+def _advantages(rewards: list[float]) -> list[float]:
+    """GRPO's group-normalised advantages, (r - mean) / (population std + 1e-6), exact zeros for
+    an all-equal group: the same arithmetic as trainer/advantages.py's group_advantages, so the
+    demo's numbers are bitwise what a run would record. Written out here because the inspector
+    imports only records and run-directory readers/writers, never the trainer (and its model
+    stack); the demo needs nothing more than these few lines."""
+    if max(rewards) == min(rewards):
+        return [0.0] * len(rewards)
+    mean = sum(rewards) / len(rewards)
+    centred = [r - mean for r in rewards]
+    std = math.sqrt(sum(c * c for c in centred) / len(rewards))
+    return [c / (std + 1e-6) for c in centred]
 
 
 def _trained(rng: random.Random, group_id: str, index: int, step: int, text: str,
@@ -109,7 +122,7 @@ def _group(rng: random.Random, number: int, step: int, deterministic: bool) -> l
         rewards = [1.0] * DEMO_GROUP_SIZE
     else:
         rewards = [rng.choice([0.0, 0.5, 1.0]) for _ in range(DEMO_GROUP_SIZE - 1)] + [0.0]
-    advantages = group_advantages(rewards)
+    advantages = _advantages(rewards)
     older = max(learner_version - DEMO_MAX_LAG, 0)
     samples = []
     for i, (reward, advantage) in enumerate(zip(rewards, advantages)):

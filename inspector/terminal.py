@@ -12,7 +12,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from slipstream.buffer.inspector.query import Query, page
+from slipstream.inspector.query import Query, page
 
 _COLUMNS = (("step", 5), ("id", 14), ("len", 5), ("reward", 7), ("advantage", 8),
             ("staleness", 5), ("max_gap", 9), ("k3", 9), ("max_iw", 8), ("masked", 6),

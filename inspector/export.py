@@ -18,10 +18,10 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from slipstream.buffer.inspector.encoding import html_embedded_json
-from slipstream.buffer.inspector.query import Query, select
-from slipstream.buffer.inspector.server import STATIC_DIR
-from slipstream.buffer.inspector.store import RunStore
+from slipstream.inspector.encoding import html_embedded_json
+from slipstream.inspector.query import Query, select
+from slipstream.inspector.server import STATIC_DIR
+from slipstream.inspector.store import RunStore
 
 SCRIPTS = ("common.js", "tokens.js", "charts.js", "views.js", "app.js")
 

@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from slipstream.buffer.inspector.encoding import browser_json, revive_floats
+from slipstream.buffer.browser_json import browser_json, revive_floats
 from slipstream.buffer.rollout_log import INDEX_NAME, index_row
 from slipstream.errors import SlipstreamError
 

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from slipstream.buffer.inspector.encoding import browser_json
-from slipstream.buffer.inspector.query import page, parse_query
-from slipstream.buffer.inspector.store import RunStore
+from slipstream.buffer.browser_json import browser_json
 from slipstream.errors import SlipstreamError
+from slipstream.inspector.query import page, parse_query
+from slipstream.inspector.store import RunStore
 
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_FILES = {"app.js": "text/javascript", "app.css": "text/css", "common.js": "text/javascript",

@@ -1,15 +1,14 @@
-"""JSON for the browser: exact floats, non-finite ones spelled out, and safe embedding in HTML.
+"""JSON the browser parses as it is: exact floats, non-finite ones spelled out.
+
+It lives with the run-directory writers because `rollouts/index.jsonl` is written in it
+(rollout_log.py) and served to the page line by line, unchanged; the inspector reads and serves
+it, the writer must not depend on the inspector.
 
 Python's json writes the shortest repr that round-trips, and JavaScript parses it to the same
 double, so a value shown in the page is bitwise the one the pipeline computed. JSON has no NaN or
 Infinity (the browser's JSON.parse rejects Python's `NaN`), so those become `{"$float": "NaN"}`,
-which the page's reviver turns back into numbers; model text can never produce an object, so
-no string is ever mistaken for one.
-
-Embedded in an HTML file (`--html`), the JSON sits in `<script type="application/json">`, where
-the HTML parser looks only for `</script`; escaping every `<`, `>` and `&` (and U+2028/U+2029,
-which older JavaScript parsers treat as line ends) as `\\uXXXX` makes the text inert whatever
-the model wrote, and JSON.parse restores the characters.
+which the page's reviver (and `revive_floats` in Python) turns back into numbers; model text can
+never produce an object, so no string is ever mistaken for one.
 """
 
 from __future__ import annotations
@@ -17,9 +16,6 @@ from __future__ import annotations
 import json
 import math
 from typing import Any
-
-_HTML_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
-                               "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
 def _finite(value: Any) -> Any:
@@ -39,11 +35,6 @@ def browser_json(payload: Any) -> str:
         return json.dumps(payload, allow_nan=False)
     except ValueError:                      # a NaN or infinity somewhere: spell them out
         return json.dumps(_finite(payload), allow_nan=False)
-
-
-def html_embedded_json(payload: Any) -> str:
-    """`browser_json` safe to place between <script type="application/json"> tags."""
-    return browser_json(payload).translate(_HTML_ESCAPES)
 
 
 def revive_floats(obj: dict[str, Any]) -> Any:
