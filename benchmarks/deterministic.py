@@ -37,25 +37,30 @@ def _groups(engine_kind: str, model_path: str, args) -> tuple[list, float]:
     from slipstream.buffer.records import Group
     from slipstream.envs import ArithmeticEnvConfig, build_env
     from slipstream.rewards import MathVerifyRewardConfig, RewardRunner, build_reward
-    from slipstream.rollout.engine import EngineSettings, SamplingSettings, build_engine
-    from slipstream.rollout.group import GroupSettings, generate_group
+    from slipstream.model_config import ModelConfig
+    from slipstream.rollout.config import RolloutConfig
+    from slipstream.rollout.engine_api import SamplingSettings, build_engine
+    from slipstream.rollout.group import generate_group
 
     async def run() -> tuple[list[Group], float]:
-        engine = build_engine(EngineSettings(model=model_path, dtype=args.dtype,
-                                             max_model_len=512, sampler=engine_kind))
+        rollout = RolloutConfig(group_size=args.group_size)
+        engine = build_engine(ModelConfig(path=model_path, dtype=args.dtype, max_model_len=512),
+                              rollout, seed=0, deterministic=engine_kind == "reference")
         await engine.start()
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         env = build_env(ArithmeticEnvConfig(digits=2), seed=0)
         rewards = RewardRunner(build_reward(MathVerifyRewardConfig()), timeout_s=5.0)
-        settings = GroupSettings(args.group_size, SamplingSettings(
-            temperature=1.0, max_tokens=args.new_tokens, ignore_eos=True), seed=0)
+        fixed = SamplingSettings(temperature=1.0, max_tokens=args.new_tokens, ignore_eos=True)
+
+        def group(ticket: int):
+            return generate_group(engine, tokenizer, rewards, env.prompt(ticket), ticket,
+                                  rollout, seed=0, sampling=fixed)
+
         try:
             # Warm-up: one group first, so start-up costs stay out of the figure.
-            await generate_group(engine, tokenizer, rewards, env.prompt(99), 99, settings)
+            await group(99)
             started = time.perf_counter()
-            groups = await asyncio.gather(*(
-                generate_group(engine, tokenizer, rewards, env.prompt(t), t, settings)
-                for t in range(args.prompts)))
+            groups = await asyncio.gather(*(group(t) for t in range(args.prompts)))
             seconds = time.perf_counter() - started
         finally:
             rewards.close()
@@ -81,15 +86,16 @@ def sampler_figures(model_path: str, args) -> tuple[dict[str, float], list]:
 
 
 def _learner(model_path: str, args, deterministic: bool, weights_dir: str):
-    from slipstream.trainer.learner import Learner, LearnerSettings
-    from slipstream.trainer.losses import GRPOLossConfig
+    from slipstream.model_config import ModelConfig
+    from slipstream.trainer.config import TrainerConfig
+    from slipstream.trainer.learner import Learner
 
     samples = args.prompts * args.group_size
-    return Learner(LearnerSettings(
-        model_path=model_path, dtype=args.dtype, loss=GRPOLossConfig(), samples_per_step=samples,
-        micro_batch_size=min(samples, 16), lr=1e-6, warmup_steps=0, weight_decay=0.0,
-        grad_clip=1.0, zero_stage=1, threads=1, temperature=1.0, reference_model=False, seed=0,
-        weights_dir=weights_dir, deterministic=deterministic, max_lag=1))
+    trainer = TrainerConfig(groups_per_step=args.prompts, micro_batch_size=min(samples, 16),
+                            lr=1e-6, mismatch_probe=0)
+    return Learner(trainer, ModelConfig(path=model_path, dtype=args.dtype),
+                   group_size=args.group_size, temperature=1.0, max_new_tokens=args.new_tokens,
+                   max_lag=1, seed=0, deterministic=deterministic, weights_dir=weights_dir)
 
 
 def _at_version(groups: list, version: int) -> list:

@@ -70,22 +70,23 @@ def steady_generation(metrics: list[dict]) -> float:
 
 async def standalone_tokens_per_s(config, model_path: str, groups: int) -> float:
     from slipstream.envs import build_env
-    from slipstream.launch.run_dir import engine_settings, group_settings
     from slipstream.rewards import RewardRunner, build_reward
     from slipstream.rollout.engine import VLLMEngine
     from slipstream.rollout.group import generate_group
     from transformers import AutoTokenizer
 
-    engine = VLLMEngine(engine_settings(config, model_path))
+    model = config.model.model_copy(update={"path": model_path})
+    engine = VLLMEngine(model, config.rollout, config.seed)
     await engine.start()
-    env, settings = build_env(config.env, config.seed), group_settings(config)
+    env = build_env(config.env, config.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     in_flight = config.rollout.groups_in_flight
     with RewardRunner(build_reward(config.reward), config.reward.timeout_s) as rewards:
         started, tokens = time.monotonic(), 0
         for first in range(0, groups, in_flight):    # the same concurrency as a worker
             batch = await asyncio.gather(*(
-                generate_group(engine, tokenizer, rewards, env.prompt(t), t, settings)
+                generate_group(engine, tokenizer, rewards, env.prompt(t), t, config.rollout,
+                               config.seed)
                 for t in range(first, min(first + in_flight, groups))))
             tokens += sum(g.completion_tokens for g in batch)
         elapsed = time.monotonic() - started

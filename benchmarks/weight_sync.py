@@ -50,7 +50,10 @@ async def _baseline_reload(engine, weights_dir: str) -> float:
 
 
 async def run(model_dir: Path, dtype: str, repeats: int) -> None:
-    from slipstream.rollout.engine import EngineSettings, SamplingSettings, VLLMEngine
+    from slipstream.model_config import ModelConfig
+    from slipstream.rollout.config import RolloutConfig
+    from slipstream.rollout.engine import VLLMEngine
+    from slipstream.rollout.engine_api import SamplingSettings
     from slipstream.trainer.weight_publish import write_weights_file
 
     tensors = _trainer_tensors(model_dir, dtype)
@@ -66,7 +69,8 @@ async def run(model_dir: Path, dtype: str, repeats: int) -> None:
     baseline_dir.mkdir()
     os.link(published.path, baseline_dir / "model.safetensors")   # same bytes, no copy
 
-    engine = VLLMEngine(EngineSettings(model=str(model_dir), dtype=dtype, max_model_len=512))
+    engine = VLLMEngine(ModelConfig(path=str(model_dir), dtype=dtype, max_model_len=512),
+                        RolloutConfig(), seed=0)
     await engine.start()
     try:
         greedy = SamplingSettings(temperature=0.0, max_tokens=16)

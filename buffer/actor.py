@@ -16,6 +16,7 @@ from pathlib import Path
 
 import ray
 
+from slipstream.buffer.config import BufferConfig
 from slipstream.buffer.records import Group
 from slipstream.buffer.replay import ReplayBuffer
 from slipstream.buffer.snapshots import append_evictions, write_snapshot
@@ -23,9 +24,14 @@ from slipstream.buffer.snapshots import append_evictions, write_snapshot
 
 @ray.remote(num_cpus=0)
 class ReplayBufferActor:
-    def __init__(self, groups_per_step: int, max_lag: int, capacity_groups: int,
-                 directory: str, pinned: bool = False) -> None:
-        self._buffer = ReplayBuffer(groups_per_step, max_lag, capacity_groups, pinned=pinned)
+    def __init__(self, config: BufferConfig, groups_per_step: int, directory: str,
+                 max_uniform_drops: int | None = None) -> None:
+        """`max_uniform_drops`: dynamic sampling on, stopping after that many groups in a row
+        were dropped for equal rewards; None: off."""
+        self._buffer = ReplayBuffer(groups_per_step, config.max_lag, config.capacity_groups,
+                                    pinned=config.schedule == "pinned",
+                                    drop_uniform=max_uniform_drops is not None,
+                                    max_uniform_drops=max_uniform_drops or 0)
         self._changed = asyncio.Condition()
         self._dir = Path(directory)
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -46,8 +52,12 @@ class ReplayBufferActor:
         return None
 
     async def put(self, ticket: int, group: Group) -> None:
-        self._buffer.put(ticket, group)
-        await self._notify()
+        before = len(self._buffer.evictions)
+        try:
+            self._buffer.put(ticket, group)
+        finally:
+            self._log_evictions(self._buffer.evictions[before:])   # dynamic sampling's drops
+            await self._notify()
 
     async def set_rollout_version(self, version: int) -> None:
         self._buffer.set_rollout_version(version)

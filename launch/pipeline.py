@@ -36,13 +36,12 @@ from slipstream.envs import build_env
 from slipstream.errors import SlipstreamError
 from slipstream.launch.config import RunConfig
 from slipstream.launch.metrics import batch_metrics
-from slipstream.launch.models import resolve_model
-from slipstream.launch.run_dir import (RunDirectory, engine_settings, group_settings,
-                                       learner_settings, reward_summary)
+from slipstream.launch.run_dir import RunDirectory, learner_args, resolved_model, reward_summary
+from slipstream.model_config import ModelConfig
 from slipstream.rewards import build_reward
-from slipstream.rollout.worker import RolloutWorker, WorkerSpec
-from slipstream.trainer.learner import Learner, LearnerSettings
-from slipstream.trainer.weight_publish import remove_weights_dir
+from slipstream.rollout.worker import RolloutWorker
+from slipstream.trainer.learner import Learner
+from slipstream.trainer.weight_publish import check_landed, remove_weights_dir
 
 _POLL_S = 1.0
 
@@ -88,19 +87,19 @@ def _await(ref: ray.ObjectRef, actors: Actors, timeout_s: float | None = None,
             raise SlipstreamError("a rollout worker stopped generating unexpectedly")
 
 
-def _start_actors(config: RunConfig, model_path: str, run: RunDirectory,
-                  learner: LearnerSettings) -> Actors:
-    buffer = ReplayBufferActor.remote(config.trainer.groups_per_step, config.buffer.max_lag,
-                                      config.buffer.capacity_groups, str(run.buffer),
-                                      pinned=config.buffer.schedule == "pinned")
-    learner = ray.remote(Learner).options(num_cpus=0).remote(learner)
-    workers = []
-    for worker_id in range(config.rollout.num_workers):
-        spec = WorkerSpec(engine=engine_settings(config, model_path),
-                          group=group_settings(config, worker_id), env=config.env,
-                          reward=config.reward, groups_in_flight=config.rollout.groups_in_flight)
-        workers.append(RolloutWorker.options(num_cpus=config.rollout.cpus_per_worker)
-                       .remote(spec, buffer))
+def _start_actors(config: RunConfig, model: ModelConfig, run: RunDirectory,
+                  learner_kwargs: dict) -> Actors:
+    loss = config.trainer.loss
+    max_drops = loss.dynamic_sampling_max_batches * config.trainer.groups_per_step \
+        if loss.dynamic_sampling else None
+    buffer = ReplayBufferActor.remote(config.buffer, config.trainer.groups_per_step,
+                                      str(run.buffer), max_uniform_drops=max_drops)
+    learner = ray.remote(Learner).options(num_cpus=0).remote(config.trainer, model,
+                                                             **learner_kwargs)
+    workers = [RolloutWorker.options(num_cpus=config.rollout.cpus_per_worker).remote(
+                   model, config.rollout, config.env, config.reward, buffer, seed=config.seed,
+                   deterministic=config.deterministic, worker_id=worker_id)
+               for worker_id in range(config.rollout.num_workers)]
     actors = Actors(buffer, learner, workers, runs=[])
     ready = [w.start.remote() for w in workers] + [learner.ready.remote()]
     for ref in ready:
@@ -119,10 +118,7 @@ def _sync_weights(actors: Actors, config: RunConfig) -> dict[str, float]:
     results = [_await(ref, actors, timeout, what=f"weight sync to version {weights.version} "
                       f"(trainer.sync_timeout_s)") for ref in refs]
     for worker_id, result in enumerate(results):
-        if result["fingerprint"] != weights.fingerprint:
-            raise SlipstreamError(
-                f"weight sync to version {weights.version} did not land on worker {worker_id}: "
-                f"fingerprint {result['fingerprint']} != published {weights.fingerprint}")
+        check_landed(weights, result["fingerprint"], f"worker {worker_id}")
     _await(actors.buffer.set_rollout_version.remote(weights.version), actors)
     sync_s = max(r["seconds"] for r in results)
     return {"timing/weight_sync_s": sync_s,
@@ -147,15 +143,16 @@ def _shutdown(actors: Actors | None) -> None:
 def _train(config: RunConfig, actors: Actors, run: RunDirectory) -> None:
     progress = tqdm(total=config.steps, desc="slipstream", disable=not config.progress,
                     unit="step", dynamic_ncols=True)
-    last_tokens, last_time = 0, time.monotonic()
+    started = last_time = time.monotonic()
+    last_tokens, last_step = 0, 0
     last_sync: dict[str, float] = {"rollout/weight_version": 0}
-    for _ in range(config.steps):
+    while last_step < config.steps:
         groups = None
         while groups is None:   # None: nothing within 30 s; the workers are still alive
             batch = actors.buffer.take_batch.remote(actors.learner_version, 30.0)
             groups = _await(batch, actors)
         result = _await(actors.learner.train_step.remote(groups), actors, what="learner step")
-        actors.learner_version = result.version
+        actors.learner_version, last_step = result.version, result.step
         stats = [_await(w.stats.remote(), actors) for w in actors.workers]
         tokens, now = sum(s["tokens"] for s in stats), time.monotonic()
         extra = {**batch_metrics(groups), **last_sync, "rollout/tokens_total": tokens,
@@ -165,11 +162,14 @@ def _train(config: RunConfig, actors: Actors, run: RunDirectory) -> None:
         # Recorded before the publish, so a failing sync loses nothing; each step's record holds
         # the last publish completed before it.
         metrics = run.record(result, extra)
+        budget = config.time_budget_min
+        if budget is not None and now - started > budget * 60:
+            last_step = config.steps    # the wall-clock budget is spent: this step is the last
         if result.step % config.buffer.snapshot_every == 0:
             _await(actors.buffer.snapshot.remote(result.step, result.version), actors)
         if config.trainer.checkpoint_every and result.step % config.trainer.checkpoint_every == 0:
             _await(actors.learner.save_checkpoint.remote(str(run.checkpoints)), actors)
-        if result.step % config.trainer.sync_every == 0 and result.step < config.steps:
+        if result.step % config.trainer.sync_every == 0 and last_step < config.steps:
             if config.buffer.schedule == "pinned":   # the groups of the version in use first
                 _await(actors.buffer.wait_generated.remote(result.version - 1), actors)
             last_sync = _sync_weights(actors, config)
@@ -178,15 +178,15 @@ def _train(config: RunConfig, actors: Actors, run: RunDirectory) -> None:
                              tok_s=f"{metrics['throughput/rollout_tokens_per_s']:.0f}")
         progress.update(1)
     progress.close()
-    _await(actors.buffer.snapshot.remote(config.steps, config.steps), actors)
+    _await(actors.buffer.snapshot.remote(actors.learner_version, actors.learner_version), actors)
     _await(actors.learner.save_checkpoint.remote(str(run.checkpoints)), actors)
     _await(actors.learner.save_final.remote(str(run.final)), actors)
 
 
 def run(config: RunConfig) -> RunDirectory:
-    """Run the asynchronous pipeline to `config.steps` learner steps; returns the run directory
-    (its `history` holds every step's metrics)."""
-    model_path = resolve_model(config.model.path)
+    """Run the asynchronous pipeline to `config.steps` learner steps (or its wall-clock
+    budget); returns the run directory (its `history` holds every step's metrics)."""
+    model = resolved_model(config)
     build_reward(config.reward)         # a reward that cannot be imported fails here, in one line
     build_env(config.env, config.seed)  # so does a missing or malformed dataset
     run_dir = RunDirectory(config)
@@ -196,15 +196,15 @@ def run(config: RunConfig) -> RunDirectory:
     ray.init(num_cpus=max(os.cpu_count() or 1, 2) + config.rollout.num_workers,
              include_dashboard=False, log_to_driver=True, configure_logging=False,
              runtime_env={"env_vars": env_vars})
-    settings = learner_settings(config, model_path, run_dir.path)
+    learner_kwargs = learner_args(config, run_dir.path)
     actors = None
     try:
-        actors = _start_actors(config, model_path, run_dir, settings)
+        actors = _start_actors(config, model, run_dir, learner_kwargs)
         _train(config, actors, run_dir)
     finally:
         _shutdown(actors)
         ray.shutdown()
         run_dir.close()
-        remove_weights_dir(settings.weights_dir)
+        remove_weights_dir(learner_kwargs["weights_dir"])
     print(f"slipstream: {reward_summary(run_dir.history)}; run directory {run_dir.path}")
     return run_dir

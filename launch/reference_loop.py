@@ -6,12 +6,13 @@ reproduces this loop's per-step losses (tests/test_pipeline_e2e.py checks it).
 
 Each step:
 1. prompts: the env's prompts `step * G ... step * G + G - 1` (G = trainer.groups_per_step), the
-   same tickets the pipeline's buffer hands out for that step;
+   same tickets the pipeline's buffer hands out for that step (with DAPO's dynamic sampling a
+   group whose rewards are all equal is dropped and the next ticket generated instead);
 2. sampling: `group_size` completions per prompt from vLLM, each a seeded n=1 request, with the
    sampler's logprob and weight version of every token;
 3. reward: math-verify (or the configured reward) in a separate process with a timeout;
-4. advantages, loss, optimizer step: `Learner.train_step` (group-normalised advantages, the
-   trainer's logprobs recomputed in micro-batches, the configured loss, one DeepSpeed step);
+4. advantages, loss, optimizer step: `Learner.train_step` (advantages of the configured
+   recipe, the trainer's logprobs recomputed in micro-batches, the loss, one DeepSpeed step);
 5. weights: written once to tmpfs and loaded in place into the engine, then read back and
    checked (a fingerprint of a few tensors);
 6. logging: the same metrics, TensorBoard curves and rollouts as the pipeline.
@@ -24,57 +25,75 @@ from __future__ import annotations
 import asyncio
 import time
 
+from slipstream.buffer.replay import is_uniform
 from slipstream.envs import build_env
 from slipstream.errors import SlipstreamError
 from slipstream.launch.cli import main_guard, parse_config
 from slipstream.launch.config import RunConfig
 from slipstream.launch.metrics import batch_metrics
-from slipstream.launch.models import resolve_model
 from slipstream.launch.quickstart import DEFAULTS as QUICKSTART
-from slipstream.launch.run_dir import (RunDirectory, engine_settings, group_settings,
-                                       learner_settings, reward_summary)
+from slipstream.launch.run_dir import RunDirectory, learner_args, resolved_model, reward_summary
 from slipstream.rewards import RewardRunner, build_reward
-from slipstream.rollout.engine import VLLMEngine, build_engine
+from slipstream.rollout.engine_api import Engine, build_engine
 from slipstream.rollout.group import generate_group
 from slipstream.trainer.learner import Learner
-from slipstream.trainer.weight_publish import remove_weights_dir
+from slipstream.trainer.weight_publish import check_landed, remove_weights_dir
 
 
-async def sync_weights(learner: Learner, engine: VLLMEngine) -> float:
+async def sync_weights(learner: Learner, engine: Engine) -> float:
     """Publish the learner's weights into the engine and check that they landed."""
     weights = learner.publish()
     seconds = await engine.update_weights(weights.path, weights.version)
-    landed = await engine.fingerprint(weights.fingerprint_names)
-    if landed != weights.fingerprint:
-        raise SlipstreamError(f"weight sync to version {weights.version} did not land: "
-                              f"{landed} != {weights.fingerprint}")
+    check_landed(weights, await engine.fingerprint(weights.fingerprint_names), "the engine")
     return seconds
 
 
+async def generate_batch(config: RunConfig, first_ticket: int, generate) -> tuple[list, int]:
+    """The step's groups, from tickets `first_ticket` on, and the next free ticket. With DAPO's
+    dynamic sampling a group whose rewards are all equal is dropped and the next ticket taken
+    instead, as the pipeline's buffer does (buffer/replay.py), so both train the same groups."""
+    loss, needed = config.trainer.loss, config.trainer.groups_per_step
+    groups, ticket, dropped_in_row = [], first_ticket, 0
+    while len(groups) < needed:
+        tickets = range(ticket, ticket + needed - len(groups))
+        ticket = tickets.stop
+        for group in await asyncio.gather(*(generate(t) for t in tickets)):
+            if loss.dynamic_sampling and is_uniform(group):
+                dropped_in_row += 1
+                if dropped_in_row >= loss.dynamic_sampling_max_batches * needed:
+                    raise SlipstreamError(f"dynamic sampling dropped {dropped_in_row} groups in "
+                                          "a row: the reward never varies")
+                continue
+            dropped_in_row = 0
+            groups.append(group)
+    return groups, ticket
+
+
 async def reference_loop(config: RunConfig) -> RunDirectory:
-    model_path = resolve_model(config.model.path)
+    model = resolved_model(config)
     run = RunDirectory(config)
     env = build_env(config.env, seed=config.seed)
     rewards = RewardRunner(build_reward(config.reward), timeout_s=config.reward.timeout_s)
-    engine = build_engine(engine_settings(config, model_path))
-    learner_config = learner_settings(config, model_path, run.path)
-    learner = Learner(learner_config)
-    settings = group_settings(config)
-    groups_per_step = config.trainer.groups_per_step
+    engine = build_engine(model, config.rollout, config.seed, config.deterministic)
+    kwargs = learner_args(config, run.path)
+    learner = Learner(config.trainer, model, **kwargs)
     last_sync: dict[str, float] = {"rollout/weight_version": 0}
+    next_ticket = 0
     try:
         await engine.start()
         tokenizer = learner.tokenizer
+
+        def generate(ticket: int):
+            return generate_group(engine, tokenizer, rewards, env.prompt(ticket), ticket,
+                                  config.rollout, config.seed)
+
         for step in range(config.steps):
             started = time.monotonic()
-            tickets = range(step * groups_per_step, (step + 1) * groups_per_step)
-            groups = await asyncio.gather(*(
-                generate_group(engine, tokenizer, rewards, env.prompt(t), t, settings)
-                for t in tickets))
+            groups, next_ticket = await generate_batch(config, next_ticket, generate)
             generated = sum(g.completion_tokens for g in groups)
             rollout_s = time.monotonic() - started
 
-            result = learner.train_step(list(groups))
+            result = learner.train_step(groups)
 
             extra = {**batch_metrics(groups), **last_sync,
                      "throughput/rollout_tokens_per_s": generated / rollout_s}
@@ -83,9 +102,10 @@ async def reference_loop(config: RunConfig) -> RunDirectory:
                 last_sync = {"timing/weight_sync_s": await sync_weights(learner, engine),
                              "rollout/weight_version": engine.weight_version}
             if config.progress:
+                gap = metrics.get("mismatch/kl")
                 print(f"step {result.step:4d}  reward {metrics['reward/mean']:.3f}  "
-                      f"loss {metrics['loss/total']:+.4f}  "
-                      f"mismatch_kl {metrics['mismatch/kl']:.2e}  "
+                      f"loss {metrics['loss/total']:+.4f}  mismatch_kl "
+                      f"{'n/a' if gap is None else f'{gap:.2e}'}  "
                       f"step {time.monotonic() - started:.1f}s", flush=True)
         learner.save_checkpoint(str(run.checkpoints))
         learner.save_final(str(run.final))
@@ -93,7 +113,7 @@ async def reference_loop(config: RunConfig) -> RunDirectory:
         rewards.close()
         await engine.shutdown()
         run.close()
-        remove_weights_dir(learner_config.weights_dir)
+        remove_weights_dir(kwargs["weights_dir"])
     print(f"slipstream: {reward_summary(run.history)}; run directory {run.path}")
     return run
 

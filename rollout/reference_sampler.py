@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from slipstream.rollout.weight_transfer import fingerprint
+from slipstream.model_config import ModelConfig
+from slipstream.rollout.engine_api import Completion
 from slipstream.trainer.numerics import batch_invariant, scaled_log_softmax
+from slipstream.weight_fingerprint import fingerprint
 
 
 class SlotCache:
@@ -117,8 +119,8 @@ class ReferenceEngine:
 
     recomputes_prefix = True     # the KV of requests in flight is recomputed at every update
 
-    def __init__(self, settings) -> None:
-        self.settings = settings
+    def __init__(self, model: ModelConfig, seed: int) -> None:
+        self.model, self.seed = model, seed
         self._model = None
         self._tokenizer = None
         self._eos: set[int] = set()
@@ -143,10 +145,10 @@ class ReferenceEngine:
     async def start(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        s = self.settings
-        self._model = AutoModelForCausalLM.from_pretrained(s.model, dtype=getattr(torch, s.dtype))
+        self._model = AutoModelForCausalLM.from_pretrained(self.model.path,
+                                                           dtype=getattr(torch, self.model.dtype))
         self._model.requires_grad_(False).eval()
-        self._tokenizer = AutoTokenizer.from_pretrained(s.model)
+        self._tokenizer = AutoTokenizer.from_pretrained(self.model.path)
         eos = self._model.generation_config.eos_token_id or self._model.config.eos_token_id
         self._eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self._cache = SlotCache(self._model.config.num_hidden_layers)
@@ -163,7 +165,6 @@ class ReferenceEngine:
 
     async def generate(self, prompt_ids: list[int], sampling, seed: int | None,
                        request_id: str):
-        from slipstream.rollout.engine import Completion
 
         if self._model is None:
             raise RuntimeError("ReferenceEngine is not started (call `await engine.start()`)")
@@ -172,11 +173,11 @@ class ReferenceEngine:
         if sampling.top_p != 1.0:
             raise ValueError("the reference sampler samples the full distribution: top_p must "
                              "be 1 (the learner's logprobs have no nucleus cut either)")
-        if len(prompt_ids) >= self.settings.max_model_len:
+        if len(prompt_ids) >= self.model.max_model_len:
             raise ValueError(f"request {request_id}: prompt of {len(prompt_ids)} tokens does not "
-                             f"fit max_model_len={self.settings.max_model_len}")
+                             f"fit max_model_len={self.model.max_model_len}")
         generator = torch.Generator().manual_seed(
-            seed if seed is not None else self.settings.seed * 7919 + len(request_id))
+            seed if seed is not None else self.seed * 7919 + len(request_id))
         done = asyncio.get_running_loop().create_future()
         request = _Request(list(prompt_ids), sampling.temperature, sampling.max_tokens,
                            sampling.ignore_eos, generator, done)
@@ -268,7 +269,7 @@ class ReferenceEngine:
             if token in self._eos and not request.ignore_eos:
                 request.finish_reason = "stop"
             elif (len(request.tokens) >= request.max_tokens
-                  or len(request.sequence) >= self.settings.max_model_len):
+                  or len(request.sequence) >= self.model.max_model_len):
                 request.finish_reason = "length"
 
     def _retire_finished(self) -> None:

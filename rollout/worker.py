@@ -14,33 +14,30 @@ groups in flight; their tokens after the update carry the new version. The promp
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 import ray
 
 from slipstream.envs import EnvConfig, build_env
+from slipstream.model_config import ModelConfig
 from slipstream.rewards import RewardConfig, RewardRunner, build_reward
-from slipstream.rollout.engine import EngineSettings, build_engine
-from slipstream.rollout.group import GroupSettings, generate_group
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    engine: EngineSettings
-    group: GroupSettings
-    env: EnvConfig
-    reward: RewardConfig
-    groups_in_flight: int
+from slipstream.rollout.config import RolloutConfig
+from slipstream.rollout.engine_api import build_engine
+from slipstream.rollout.group import generate_group
 
 
 @ray.remote
 class RolloutWorker:
-    def __init__(self, spec: WorkerSpec, buffer) -> None:
-        self._spec = spec
+    """Each part of the run config it needs, as is: `model.path` resolved to a local directory."""
+
+    def __init__(self, model: ModelConfig, rollout: RolloutConfig, env: EnvConfig,
+                 reward: RewardConfig, buffer, *, seed: int, deterministic: bool,
+                 worker_id: int) -> None:
+        self._model, self._rollout = model, rollout
+        self._seed, self._worker_id = seed, worker_id
         self._buffer = buffer
-        self._engine = build_engine(spec.engine)
-        self._env = build_env(spec.env, seed=spec.group.seed)
-        self._rewards = RewardRunner(build_reward(spec.reward), timeout_s=spec.reward.timeout_s)
+        self._engine = build_engine(model, rollout, seed, deterministic)
+        self._env = build_env(env, seed=seed)
+        self._rewards = RewardRunner(build_reward(reward), timeout_s=reward.timeout_s)
         self._tokenizer = None
 
     async def start(self) -> None:
@@ -54,14 +51,14 @@ class RolloutWorker:
             lines = [line.strip() for line in str(error).splitlines()
                      if line.strip() and not line.strip().startswith("For further information")]
             detail = " | ".join(lines)[:400]
-            raise RuntimeError(f"vLLM engine failed to start for {self._spec.engine.model}: "
+            raise RuntimeError(f"vLLM engine failed to start for {self._model.path}: "
                                f"{type(error).__name__}: {detail}") from None
-        self._tokenizer = AutoTokenizer.from_pretrained(self._spec.engine.model)
+        self._tokenizer = AutoTokenizer.from_pretrained(self._model.path)
 
     async def run(self) -> None:
         """Generate until the buffer closes. An exception here ends the run (the controller
         watches this call), after the other loops are cancelled."""
-        loops = [asyncio.create_task(self._loop()) for _ in range(self._spec.groups_in_flight)]
+        loops = [asyncio.create_task(self._loop()) for _ in range(self._rollout.groups_in_flight)]
         try:
             await asyncio.gather(*loops)
         finally:
@@ -74,7 +71,8 @@ class RolloutWorker:
             if ticket is None:
                 return
             group = await generate_group(self._engine, self._tokenizer, self._rewards,
-                                         self._env.prompt(ticket), ticket, self._spec.group)
+                                         self._env.prompt(ticket), ticket, self._rollout,
+                                         self._seed, self._worker_id)
             await self._buffer.put.remote(ticket, group)
 
     async def update_weights(self, weights_path: str, version: int,

@@ -13,7 +13,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from slipstream.rollout.weight_transfer import fingerprint, register
+from slipstream.rollout.weight_transfer import register
+from slipstream.weight_fingerprint import fingerprint
 
 register()
 

@@ -134,3 +134,39 @@ def test_free_schedule_grants_newer_tickets_early():
     buf = ReplayBuffer(groups_per_step=2, max_lag=1, capacity_groups=10)
     buf.set_rollout_version(2)
     assert buf.try_ticket() == 0                 # pinned would wait for version 0 forever
+
+
+def test_dynamic_sampling_drops_uniform_groups_and_grants_more_tickets():
+    buf = ReplayBuffer(groups_per_step=2, max_lag=0, capacity_groups=10, drop_uniform=True,
+                       max_uniform_drops=3)
+    assert [buf.try_ticket(), buf.try_ticket(), buf.try_ticket()] == [0, 1, None]
+    buf.put(0, make_group(0, rewards=(1.0, 1.0)))        # all right: no signal, dropped
+    assert buf.try_ticket() == 2                         # the drop moves ticket 2 into step 0
+    buf.put(1, make_group(1, rewards=(0.0, 1.0)))
+    buf.put(2, make_group(2, rewards=(0.0, 0.0)))        # all wrong: dropped too
+    assert buf.try_ticket() == 3
+    buf.put(3, make_group(3, rewards=(1.0, 0.5)))
+    assert [g.ticket for g in buf.take_batch(learner_version=0)] == [1, 3]
+    assert [e.reason for e in buf.evictions] == ["uniform_reward", "uniform_reward"]
+    stats = buf.stats(0)
+    assert stats["buffer/dropped_uniform"] == 2 and stats["buffer/evicted_stale"] == 0
+
+
+def test_dynamic_sampling_stops_when_the_reward_never_varies():
+    buf = ReplayBuffer(groups_per_step=1, max_lag=0, capacity_groups=10, drop_uniform=True,
+                       max_uniform_drops=3)
+    for ticket in range(2):
+        buf.put(buf.try_ticket(), make_group(ticket, rewards=(0.0, 0.0)))
+    buf.put(buf.try_ticket(), make_group(2, rewards=(0.0, 1.0)))    # a kept group resets
+    assert [g.ticket for g in buf.take_batch(learner_version=0)] == [2]
+    buf.set_rollout_version(1)
+    for ticket in range(3, 5):
+        buf.put(buf.try_ticket(), make_group(ticket, rewards=(0.0, 0.0)))
+    with pytest.raises(ValueError, match="dropped 3 groups in a row"):
+        buf.put(buf.try_ticket(), make_group(5, rewards=(0.0, 0.0)))
+
+
+def test_without_dynamic_sampling_uniform_groups_train():
+    buf = ReplayBuffer(groups_per_step=1, max_lag=0, capacity_groups=10)
+    buf.put(buf.try_ticket(), make_group(0, rewards=(1.0, 1.0)))
+    assert [g.ticket for g in buf.take_batch(learner_version=0)] == [0]

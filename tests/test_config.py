@@ -41,6 +41,20 @@ def test_switching_env_kind_replaces_the_branch():
     (["--trainer.micro-batch-size", "7"], "micro_batch_size (7) must divide"),
     (["--trainer.sync-every", "3", "--buffer.max-lag", "1"], "buffer.max_lag (1) must be"),
     (["--no-such-flag", "1"], "unrecognized arguments: --no-such-flag"),
+    (["--trainer.loss.kind", "vanilla"], "does not match any of the expected tags: 'grpo'"),
+    (["--trainer.loss.correction.mis", "token", "--trainer.loss.correction.mis-low", "2",
+      "--trainer.loss.correction.mis-high", "0.5"], "mis band is inverted"),
+    (["--trainer.loss.correction.icepop-beta", "0.5"], "icepop_beta"),
+    (["--trainer.loss.kl.coef", "0.1"], "needs trainer.reference_model=true"),
+    (["--trainer.loss.kind", "reinforce_pp", "--trainer.loss.kl.coef", "0.1",
+      "--trainer.loss.kl.placement", "reward"], "KL in the reward) needs trainer.reference"),
+    (["--trainer.loss.kind", "dapo", "--rollout.max-new-tokens", "8"],
+     "overlong_buffer_tokens (16) must not exceed rollout.max_new_tokens (8)"),
+    (["--trainer.loss.kind", "dapo", "--buffer.schedule", "pinned"], "cannot do"),
+    (["--rollout.group-size", "1", "--trainer.micro-batch-size", "1"],
+     "group_size must be at least 2"),
+    (["--trainer.loss.kind", "grpo", "--trainer.loss.advantage", "gae"],
+     "trainer.loss.grpo.advantage"),
 ])
 def test_bad_values_name_the_field(argv, fragment):
     with pytest.raises(SlipstreamError) as error:
@@ -57,3 +71,15 @@ def test_cli_prints_one_line_and_no_traceback():
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("slipstream: invalid config: trainer.lr:")
     assert "Traceback" not in result.stderr
+
+
+def test_a_recipe_is_one_flag_and_its_pieces_stay_overridable():
+    config = parse_config(["--trainer.loss.kind", "dapo", "--trainer.loss.aggregation",
+                           "sequence_mean", "--trainer.loss.correction.tis", "geometric"])
+    loss = config.trainer.loss
+    assert (loss.kind, loss.clip_high, loss.dynamic_sampling) == ("dapo", 0.28, True)
+    assert (loss.aggregation, loss.correction.tis) == ("sequence_mean", "geometric")
+    # Switching kind drops the old recipe's fields instead of mixing two recipes.
+    config = parse_config(["--trainer.loss.kind", "gspo"],
+                          trainer={"loss": {"kind": "dapo", "clip_high": 0.3}})
+    assert (config.trainer.loss.kind, config.trainer.loss.clip_high) == ("gspo", 4e-4)

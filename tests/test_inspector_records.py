@@ -15,8 +15,8 @@ from slipstream.trainer.losses.base import token_records
 def _inputs(trainer, sampler, advantages, mask=None):
     trainer = torch.tensor(trainer, dtype=torch.float32)
     mask = torch.ones_like(trainer, dtype=torch.bool) if mask is None else torch.tensor(mask)
-    return LossInputs(trainer, torch.tensor(sampler, dtype=torch.float32),
-                      torch.tensor(advantages, dtype=torch.float32), mask, None,
+    per_token = torch.tensor(advantages, dtype=torch.float32).unsqueeze(-1).expand_as(trainer)
+    return LossInputs(trainer, torch.tensor(sampler, dtype=torch.float32), per_token, mask, None,
                       int(mask.sum()), len(advantages))
 
 
@@ -40,7 +40,7 @@ def test_ppo_clip_masks_exactly_the_tokens_whose_clipped_branch_won():
 
 def test_tis_reports_truncated_weights_without_masking_them():
     out = compute_loss(_inputs([[0.0, -1.0]], [[-1.0, -1.0]], [1.0]),
-                       GRPOLossConfig(tis=True, tis_cap=2.0))
+                       GRPOLossConfig(correction={"tis": "token", "tis_cap": 2.0}))
     [record] = token_records(out, [2])
     assert record["mask_reasons_T"] == ("tis_truncated", "")
     assert record["masked_T"] == (False, False)

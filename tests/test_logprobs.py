@@ -7,7 +7,8 @@ import torch
 
 from factories import make_sample
 from slipstream.launch.models import make_tiny_model
-from slipstream.trainer.logprobs import GapAccumulator, collate, k3, token_logprobs
+from slipstream.trainer.logprobs import GapAccumulator, collate, token_logprobs
+from slipstream.trainer.losses.kl import kl_estimate
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def test_logprobs_match_a_plain_forward_and_ignore_padding(tiny):
     long = make_sample(prompt_ids=(7, 8, 9, 10), versions=(0, 0, 0, 0))
     batch = collate([short, long], pad_id=0)
     with torch.no_grad():
-        logprobs, _ = token_logprobs(tiny, batch, temperature=0.7)
+        logprobs = token_logprobs(tiny, batch, temperature=0.7)
         ids = torch.tensor([list(long.prompt_ids + long.completion_ids_T)])
         logits = tiny(input_ids=ids).logits[0].float() / 0.7
         expected = torch.log_softmax(logits, -1)
@@ -33,9 +34,9 @@ def test_logprobs_match_a_plain_forward_and_ignore_padding(tiny):
     assert batch.mask_B_T.tolist() == [[True, True, False, False], [True, True, True, True]]
 
 
-def test_k3_is_zero_at_equality_and_positive_elsewhere():
-    assert k3(torch.tensor(0.0)).item() == 0.0
-    assert k3(torch.tensor(0.5)).item() == pytest.approx(math.exp(0.5) - 0.5 - 1)
+def k3(log_ratio: float) -> float:
+    """k3 = e^x - x - 1, by hand."""
+    return math.exp(log_ratio) - log_ratio - 1
 
 
 def test_gap_splits_numerics_from_staleness():
@@ -49,10 +50,44 @@ def test_gap_splits_numerics_from_staleness():
     gap.add(trainer, batch)
     m = gap.metrics()
     assert m["mismatch/tokens"] == 2 and m["mismatch/max_abs_logprob_diff"] == 0.5
-    assert m["mismatch/kl"] == pytest.approx(k3(torch.tensor(-0.5)).item() / 2)
+    # KL(sampler || trainer): x = trainer - sampler = -0.5 on the one token that differs.
+    assert m["mismatch/kl"] == pytest.approx(k3(-0.5) / 2)
     assert m["staleness/tokens"] == 3 and m["staleness/max"] == 1
     assert m["staleness/mean"] == pytest.approx(1 / 5)
-    assert m["staleness/kl"] == pytest.approx(k3(torch.tensor(-0.25)).item() / 3)
+    assert m["staleness/kl"] == pytest.approx(k3(-0.25) / 3)
+
+
+def test_a_gap_over_no_token_is_not_written_as_zero():
+    # Every token stale (version 1 under learner version 2) and none rescored: no mismatch
+    # figure at all, not a 0.0 that reads as "no gap".
+    batch = collate([make_sample(versions=(1, 1), logprobs=[-1.0, -2.0])], pad_id=0)
+    gap = GapAccumulator(learner_version=2)
+    gap.add(torch.tensor([[-1.1, -2.0]]), batch)
+    m = gap.metrics()
+    assert m["mismatch/tokens"] == 0
+    assert "mismatch/kl" not in m and "mismatch/max_abs_logprob_diff" not in m
+    assert m["staleness/tokens"] == 2 and "staleness/kl" in m
+    # Rescored under their own version (version_replay), the same tokens are compared.
+    gap = GapAccumulator(learner_version=2)
+    gap.add(torch.tensor([[-1.1, -2.0]]), batch, torch.tensor([[-1.0, -2.5]]),
+            torch.tensor([[True, True]]))
+    m = gap.metrics()
+    assert m["mismatch/tokens"] == 2 and m["mismatch/max_abs_logprob_diff"] == 0.5
+    assert m["mismatch/kl"] == pytest.approx(k3(-0.5) / 2)
+
+
+def test_kl_estimators_by_hand():
+    # x = ref - logp = -ln 2, 0, ln 2
+    logp = torch.log(torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64))
+    ref = torch.log(torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64))
+    x = [-math.log(2), 0.0, math.log(2)]
+    torch.testing.assert_close(kl_estimate(logp, ref, "k1"), torch.tensor([-v for v in x],
+                                                                        dtype=torch.float64))
+    torch.testing.assert_close(kl_estimate(logp, ref, "k2"), torch.tensor([v * v / 2 for v in x],
+                                                                        dtype=torch.float64))
+    torch.testing.assert_close(kl_estimate(logp, ref, "k3"), torch.tensor([k3(v) for v in x],
+                                                                        dtype=torch.float64))
+    assert kl_estimate(logp, logp, "k3").eq(0).all()
 
 
 @pytest.mark.parametrize("recomputed", [False, True])

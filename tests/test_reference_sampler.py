@@ -13,7 +13,9 @@ from transformers import AutoModelForCausalLM
 import slipstream  # noqa: F401
 from slipstream.buffer.records import Sample
 from slipstream.launch.models import make_tiny_model
-from slipstream.rollout.engine import EngineSettings, SamplingSettings, build_engine
+from slipstream.model_config import ModelConfig
+from slipstream.rollout.config import RolloutConfig
+from slipstream.rollout.engine_api import SamplingSettings, build_engine
 from slipstream.trainer.logprobs import collate, token_logprobs
 from slipstream.trainer.numerics import batch_invariant
 from slipstream.trainer.weight_publish import write_weights_file
@@ -34,10 +36,15 @@ def as_sample(prompt, completion) -> Sample:
                   prefix_recomputed=True) if n else None
 
 
+def reference_engine(path, dtype, max_model_len=1024):
+    return build_engine(ModelConfig(path=path, dtype=dtype, max_model_len=max_model_len),
+                        RolloutConfig(), seed=0, deterministic=True)
+
+
 def learner_logprobs(model, prompt, completion, temperature):
     with torch.no_grad(), batch_invariant():
-        values, _ = token_logprobs(model, collate([as_sample(prompt, completion)], pad_id=0),
-                                   temperature)
+        values = token_logprobs(model, collate([as_sample(prompt, completion)], pad_id=0),
+                                temperature)
     return tuple(values[0].tolist())
 
 
@@ -50,8 +57,7 @@ def test_logprobs_equal_the_learners_and_samples_do_not_depend_on_the_batch(tiny
     sampling = SamplingSettings(temperature=0.8, max_tokens=20, ignore_eos=True)
 
     async def run():
-        engine = build_engine(EngineSettings(model=path, dtype=dtype, max_model_len=256,
-                                             sampler="reference"))
+        engine = reference_engine(path, dtype, 256)
         await engine.start()
         together = await asyncio.gather(*(engine.generate(p, sampling, seed=i, request_id=str(i))
                                           for i, p in enumerate(PROMPTS)))
@@ -81,8 +87,7 @@ def test_an_update_mid_generation_recomputes_the_cache(tiny, tmp_path):
     sampling = SamplingSettings(temperature=1.0, max_tokens=40, ignore_eos=True)
 
     async def run():
-        engine = build_engine(EngineSettings(model=path, dtype=dtype, max_model_len=256,
-                                             sampler="reference"))
+        engine = reference_engine(path, dtype, 256)
         await engine.start()
         tasks = [asyncio.create_task(engine.generate(p, sampling, seed=i, request_id=str(i)))
                  for i, p in enumerate(PROMPTS)]
@@ -110,8 +115,7 @@ def test_bad_requests_and_weights_fail_with_a_clear_error(tiny, tmp_path):
     path, dtype = tiny
 
     async def run():
-        engine = build_engine(EngineSettings(model=path, dtype=dtype, max_model_len=64,
-                                             sampler="reference"))
+        engine = reference_engine(path, dtype, 64)
         await engine.start()
         with pytest.raises(ValueError, match="top_p must be 1"):
             await engine.generate([1, 2], SamplingSettings(top_p=0.9), seed=0, request_id="a")
@@ -140,7 +144,7 @@ def test_a_failing_step_fails_every_waiting_request_and_later_ones(tiny, monkeyp
     sampling = SamplingSettings(max_tokens=5, ignore_eos=True)
 
     async def run():
-        engine = build_engine(EngineSettings(model=path, dtype=dtype, sampler="reference"))
+        engine = reference_engine(path, dtype)
         await engine.start()
         results = await asyncio.gather(*(engine.generate([1, 2, 3], sampling, seed=i,
                                                          request_id=str(i)) for i in range(3)),

@@ -20,10 +20,12 @@ import torch
 from safetensors.torch import load_file
 
 from slipstream.launch.models import make_tiny_model
-from slipstream.rollout.engine import (EngineSettings, SamplingSettings, VLLMEngine,
-                                       WeightUpdateError)
-from slipstream.rollout.weight_transfer import (fingerprint_names_for, WeightsMismatchError,
-                                                check_schema, fingerprint, register)
+from slipstream.model_config import ModelConfig
+from slipstream.rollout.config import RolloutConfig
+from slipstream.rollout.engine import VLLMEngine, WeightUpdateError
+from slipstream.rollout.engine_api import SamplingSettings
+from slipstream.rollout.weight_transfer import WeightsMismatchError, check_schema, register
+from slipstream.weight_fingerprint import fingerprint, fingerprint_names_for
 from slipstream.trainer.weight_publish import remove_old_weight_files, write_weights_file
 
 PROMPT = list(range(10, 42))
@@ -116,8 +118,8 @@ def original(tiny) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def engine(tiny):
     loop = _LoopThread()
-    eng = VLLMEngine(EngineSettings(model=str(tiny), dtype="bfloat16", max_model_len=512,
-                                    kv_cache_gb=1, seed=0))
+    eng = VLLMEngine(ModelConfig(path=str(tiny), dtype="bfloat16", max_model_len=512),
+                     RolloutConfig(kv_cache_gb=1), seed=0)
     loop.run(eng.start(), timeout=300)
     yield eng, loop.run
     loop.run(eng.shutdown())

@@ -1,11 +1,14 @@
-"""The learner: DeepSpeed around a Hugging Face causal LM.
+"""The learner: DeepSpeed around a Hugging Face causal LM (and PPO's value head).
 
-One `train_step(groups)` is: group-normalised advantages -> for each micro-batch, recompute the
-trainer's logprobs of the sampled tokens, compute the configured loss, backward -> one optimizer
-step. DeepSpeed owns bf16 with fp32 master weights (the optimizer's partitions), ZeRO, gradient
-clipping and checkpoints; we tell it the number of micro-batches as its accumulation steps and
-scale each micro-batch's loss ourselves (`scale_wrt_gas=False`), because the loss functions
-already normalise by the whole step's token count.
+`train_step(groups)` is the algorithm: advantages from the step's rewards (and, for some
+recipes, reference logprobs or values scored first, without gradient), then for each
+micro-batch the trainer's logprobs of the sampled tokens, the configured loss, backward, and one
+optimizer step at the end of the step. DeepSpeed owns bf16 with fp32 master weights (the
+optimizer's partitions), ZeRO, gradient clipping and checkpoints; we tell it the number of
+micro-batches as its accumulation steps and scale each micro-batch's loss ourselves
+(`scale_wrt_gas=False`), because the losses already normalise by the whole step's token count.
+Record keeping (metrics, the gap, per-token records) is step_record.py's; rescoring stale tokens
+under their own version is version_replay.py's.
 
 The same class runs inside the pipeline (as a Ray actor) and in the synchronous reference loop
 (in-process), so both train identically.
@@ -22,44 +25,30 @@ from pathlib import Path
 
 import torch
 
-from slipstream.buffer.records import Group, Sample, TrainedSample
-from slipstream.rollout.weight_transfer import fingerprint_names_for
-from slipstream.trainer.advantages import group_advantages
-from slipstream.trainer.logprobs import GapAccumulator, collate, token_logprobs
-from slipstream.trainer.losses import LossConfig, LossInputs, compute_loss
-from slipstream.trainer.losses.base import token_records
+from slipstream.buffer.records import Group
+from slipstream.model_config import ModelConfig
+from slipstream.trainer.advantages import estimate_advantages, gae, whiten
+from slipstream.trainer.config import TrainerConfig
+from slipstream.trainer.logprobs import MicroBatch, TokenForward, forward_tokens, token_logprobs
+from slipstream.trainer.losses import LossInputs, LossOutput, compute_loss
+from slipstream.trainer.losses.kl import kl_estimate
 from slipstream.trainer.numerics import batch_invariant
+from slipstream.trainer.step_batch import StepBatch, build_step_batch
+from slipstream.trainer.step_record import StepRecord, StepResult
+from slipstream.trainer.value_head import PolicyWithValue
 from slipstream.trainer.version_replay import VersionReplay
 from slipstream.trainer.weight_publish import WeightsFile, remove_old_weight_files, write_weights_file
+from slipstream.weight_fingerprint import fingerprint_names_for
+
+__all__ = ["Learner", "StepResult"]
 
 
 @dataclass(frozen=True)
-class LearnerSettings:
-    model_path: str
-    dtype: str                   # "bfloat16" | "float32"
-    loss: LossConfig
-    samples_per_step: int
-    micro_batch_size: int
-    lr: float
-    warmup_steps: int
-    weight_decay: float
-    grad_clip: float
-    zero_stage: int
-    threads: int
-    temperature: float
-    reference_model: bool
-    seed: int
-    weights_dir: str             # where published weight files go (tmpfs)
-    deterministic: bool = False  # batch-invariant numerics; stale tokens replayed (version_replay)
-    max_lag: int = 0             # how many versions back a trained token may come from
+class _Scored:
+    """Per-token quantities of the whole step computed before training, without gradient."""
 
-
-@dataclass(frozen=True)
-class StepResult:
-    step: int
-    version: int                 # learner version after the step
-    metrics: dict[str, float]
-    trained: tuple[TrainedSample, ...]
+    ref_B_T: torch.Tensor | None        # reference-model logprobs
+    values_B_T: torch.Tensor | None     # the value head's predictions (V_old)
 
 
 def _init_single_process_group() -> None:
@@ -74,43 +63,53 @@ def _init_single_process_group() -> None:
 
 
 class Learner:
-    def __init__(self, settings: LearnerSettings) -> None:
+    """`model.path` must be resolved (launch/models.py resolve_model). The keyword arguments
+    are the few run-level values the learner needs from other sections: the rollout's group
+    size, temperature and completion limit, the buffer's max_lag, the run's seed and mode."""
+
+    def __init__(self, trainer: TrainerConfig, model: ModelConfig, *, group_size: int,
+                 temperature: float, max_new_tokens: int, max_lag: int, seed: int,
+                 deterministic: bool, weights_dir: str) -> None:
         import deepspeed
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.settings = settings
-        torch.set_num_threads(settings.threads)
-        torch.manual_seed(settings.seed)
-        dtype = getattr(torch, settings.dtype)
-        self.tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
+        self.config, self.loss = trainer, trainer.loss
+        self.samples_per_step = trainer.groups_per_step * group_size
+        self.temperature, self.max_new_tokens = temperature, max_new_tokens
+        self.deterministic, self.weights_dir = deterministic, weights_dir
+        torch.set_num_threads(trainer.threads)
+        torch.manual_seed(seed)
+        dtype = getattr(torch, model.dtype)
+        self.tokenizer = AutoTokenizer.from_pretrained(model.path)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id
-        model = AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=dtype)
+        self.policy = AutoModelForCausalLM.from_pretrained(model.path, dtype=dtype)
+        trained = PolicyWithValue(self.policy) if self.loss.needs_values else self.policy
         self.reference = None
-        if settings.reference_model:
-            self.reference = AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=dtype)
+        if trainer.reference_model:
+            self.reference = AutoModelForCausalLM.from_pretrained(model.path, dtype=dtype)
             self.reference.requires_grad_(False).eval()
         _init_single_process_group()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr,
-                                      weight_decay=settings.weight_decay)
-        warmup = settings.warmup_steps
+        optimizer = torch.optim.AdamW(trained.parameters(), lr=trainer.lr,
+                                      weight_decay=trainer.weight_decay)
+        warmup = trainer.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler,
+            model=trained, optimizer=optimizer, lr_scheduler=scheduler,
             config=self._deepspeed_config(), dist_init_required=True)
         self.fingerprint_names = fingerprint_names_for(
-            [name for name, _ in self.engine.module.named_parameters()])
+            [name for name, _ in self.policy.named_parameters()])
         self.step = 0
         self.replay = None
-        if settings.deterministic:
-            self.replay = VersionReplay(self.engine.module, settings.max_lag)
+        if deterministic or trainer.mismatch_probe > 0:
+            self.replay = VersionReplay(self.policy, max_lag, self._numerics)
             self.replay.keep(0)
 
     def _numerics(self):
         """batch_invariant() in deterministic mode: the sampler computes under it too."""
-        return batch_invariant() if self.settings.deterministic else contextlib.nullcontext()
+        return batch_invariant() if self.deterministic else contextlib.nullcontext()
 
     @property
     def version(self) -> int:
@@ -118,98 +117,125 @@ class Learner:
         return self.step
 
     def _deepspeed_config(self) -> dict:
-        s = self.settings
+        t = self.config
         return {
-            "train_micro_batch_size_per_gpu": s.micro_batch_size,
-            "gradient_accumulation_steps": s.samples_per_step // s.micro_batch_size,
-            "gradient_clipping": s.grad_clip,
-            "zero_optimization": {"stage": s.zero_stage},
-            "bf16": {"enabled": s.dtype == "bfloat16"},
+            "train_micro_batch_size_per_gpu": t.micro_batch_size,
+            "gradient_accumulation_steps": self.samples_per_step // t.micro_batch_size,
+            "gradient_clipping": t.grad_clip,
+            "zero_optimization": {"stage": t.zero_stage},
+            "bf16": {"enabled": self.policy.dtype == torch.bfloat16},
             "steps_per_print": 2**31 - 1,
         }
 
     def train_step(self, groups: list[Group]) -> StepResult:
         started = time.perf_counter()
-        samples: list[Sample] = [s for g in groups for s in g.samples]
-        if len(samples) != self.settings.samples_per_step:
-            raise ValueError(f"batch of {len(samples)} samples, expected "
-                             f"{self.settings.samples_per_step}")
-        advantages = [a for g in groups for a in group_advantages(g.rewards_G)]
-        total_tokens = sum(len(s.completion_ids_T) for s in samples)
+        batch = build_step_batch(groups, self.pad_id, self.config.micro_batch_size, self.loss,
+                                 self.max_new_tokens)
+        if len(batch.samples) != self.samples_per_step:
+            raise ValueError(f"batch of {len(batch.samples)} samples, expected "
+                             f"{self.samples_per_step}")
+        scored = self._score_before_training(batch)
+        advantages_B_T, returns_B_T = self._advantages(batch, scored)
+        record, probe_s = StepRecord(self.version, batch), 0.0
         self.engine.train()
-        gap = GapAccumulator(self.version)
-        sums: dict[str, float] = {"loss/total": 0.0, "entropy/mean": 0.0}
-        trainer_logprobs: list[tuple[float, ...]] = []
-        loss_tokens: list[dict[str, tuple]] = []     # per sample: weights and mask reasons
-        own_logprobs: list[tuple[float, ...] | None] = []
-        if self.replay is not None:
-            self.replay.prune(self.version)
-        micro = self.settings.micro_batch_size
-        for start in range(0, len(samples), micro):
-            chunk = samples[start:start + micro]
-            batch = collate(chunk, self.pad_id)
-            out, logprobs, entropy = self._train_micro_batch(
-                batch, advantages[start:start + micro], total_tokens, len(samples))
-            sums["loss/total"] += float(out.loss.detach())
-            sums["entropy/mean"] += float(entropy[batch.mask_B_T].sum()) / max(total_tokens, 1)
-            for key, value in out.metrics.items():
-                sums[key] = max(sums.get(key, value), value) if key.endswith("_max") else \
-                    sums.get(key, 0.0) + value
-            lengths = [len(s.completion_ids_T) for s in chunk]
-            if self.replay is None:
-                gap.add(logprobs, batch)
-                own_logprobs.extend([None] * len(chunk))
-            else:
-                own, own_ok = self.replay.own_version_logprobs(
-                    batch, logprobs, self.version, self.settings.temperature)
-                gap.add(logprobs, batch, own, own_ok)
-                # A sample with any token no held version reproduces gets None, not a mix.
-                own_logprobs.extend(tuple(row[:n].tolist()) if bool(ok[:n].all()) else None
-                                    for row, ok, n in zip(own, own_ok, lengths))
-            trainer_logprobs.extend(
-                tuple(row[:n].tolist()) for row, n in zip(logprobs.detach(), lengths))
-            loss_tokens.extend(token_records(out, lengths))
-        # Steps are numbered from 1 as logged (TensorBoard, rollouts/step-N.jsonl); the learner
-        # version is that of the weights that recomputed the logprobs, before this step.
-        trained = tuple(TrainedSample(s, self.step + 1, self.version, a, t, **per_token,
-                                      own_version_logprobs_T=own)
-                        for s, a, t, per_token, own in zip(samples, advantages, trainer_logprobs,
-                                                           loss_tokens, own_logprobs))
+        for rows, micro in batch.micro_batches():
+            forward, out = self._train_micro_batch(batch, rows, micro, advantages_B_T,
+                                                   returns_B_T, scored)
+            probe_started = time.perf_counter()
+            own = self._own_version_logprobs(micro, forward.logprobs_B_T, record)
+            probe_s += time.perf_counter() - probe_started
+            record.add(micro, forward, out, own)
         self.step += 1
         elapsed = time.perf_counter() - started
-        metrics = {**sums, **gap.metrics(),
-                   "optim/grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
-                   "optim/lr": self.scheduler.get_last_lr()[0],
-                   "timing/step_s": elapsed,
-                   "throughput/train_tokens_per_s": sum(s.num_tokens for s in samples) / elapsed}
-        return StepResult(self.step, self.version, metrics, trained)
+        return record.result(self.step, self.version, advantages_B_T, {
+            "optim/grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
+            "optim/lr": self.scheduler.get_last_lr()[0], "timing/step_s": elapsed,
+            "timing/mismatch_probe_s": probe_s,
+            "throughput/train_tokens_per_s": sum(s.num_tokens for s in batch.samples) / elapsed})
 
-    def _train_micro_batch(self, batch, advantages: list[float], total_tokens: int,
-                           total_sequences: int):
+    def _score_before_training(self, batch: StepBatch) -> _Scored:
+        """Reference logprobs and values for the whole step, no gradient, before any update:
+        a KL placed in the reward and PPO's GAE need them before the advantages exist."""
+        needs_ref, needs_values = self.reference is not None, self.loss.needs_values
+        if not (needs_ref or needs_values):
+            return _Scored(None, None)
+        shape = tuple(batch.mask_B_T.shape)
+        ref = torch.zeros(shape) if needs_ref else None
+        values = torch.zeros(shape) if needs_values else None
+        self.engine.eval()
+        with torch.no_grad(), self._numerics():
+            for rows, micro in batch.micro_batches():
+                width = micro.mask_B_T.shape[1]
+                if ref is not None:
+                    ref[rows, :width] = token_logprobs(self.reference, micro, self.temperature)
+                if values is not None:
+                    values[rows, :width] = forward_tokens(self.engine, micro,
+                                                          self.temperature).values_B_T
+        return _Scored(ref, values)
+
+    def _advantages(self, batch: StepBatch, scored: _Scored
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(advantages_B_T, returns_B_T or None) for the whole step (trainer/advantages.py)."""
+        penalty = None
+        kl = self.loss.kl
+        if kl.placement == "reward" and kl.coef > 0:
+            # KL(mu || ref) on the sampler's logprobs: the tokens were drawn from mu, so the
+            # estimators are unbiased for the policy that generated the data, with no forward.
+            penalty = kl.coef * kl_estimate(batch.sampler_B_T, scored.ref_B_T, kl.estimator)
+        if not self.loss.needs_values:
+            return estimate_advantages(self.loss.advantage, batch.rewards_B, batch.groups,
+                                       batch.mask_B_T, batch.trained_B_T, penalty), None
+        advantages, returns = gae(batch.rewards_B, scored.values_B_T, batch.mask_B_T,
+                                  self.loss.gamma, self.loss.lam, penalty)
+        if self.loss.whiten_advantages:
+            advantages = whiten(advantages, batch.trained_B_T)
+        return advantages, returns
+
+    def _train_micro_batch(self, batch: StepBatch, rows: slice, micro: MicroBatch,
+                           advantages_B_T: torch.Tensor, returns_B_T: torch.Tensor | None,
+                           scored: _Scored) -> tuple[TokenForward, LossOutput]:
         """Forward (under the configured numerics), loss, backward, and DeepSpeed's step (which
         only updates the weights at the end of the step's accumulation)."""
+        width = micro.mask_B_T.shape[1]
+
+        def cut(whole: torch.Tensor | None) -> torch.Tensor | None:
+            return None if whole is None else whole[rows, :width]
+
         with self._numerics():
-            logprobs, entropy = token_logprobs(self.engine, batch, self.settings.temperature,
-                                               with_entropy=True)
-            ref = None
-            if self.reference is not None:
-                with torch.no_grad():
-                    ref, _ = token_logprobs(self.reference, batch, self.settings.temperature)
+            forward = forward_tokens(self.engine, micro, self.temperature, with_entropy=True)
         out = compute_loss(LossInputs(
-            logprobs_B_T=logprobs, sampler_logprobs_B_T=batch.sampler_logprobs_B_T,
-            advantages_B=torch.tensor(advantages, dtype=torch.float32),
-            mask_B_T=batch.mask_B_T, ref_logprobs_B_T=ref, total_tokens=total_tokens,
-            total_sequences=total_sequences), self.settings.loss)
+            logprobs_B_T=forward.logprobs_B_T, sampler_logprobs_B_T=micro.sampler_logprobs_B_T,
+            advantages_B_T=cut(advantages_B_T), mask_B_T=micro.mask_B_T,
+            ref_logprobs_B_T=cut(scored.ref_B_T), total_tokens=batch.total_tokens,
+            total_sequences=batch.total_sequences, max_tokens=batch.max_tokens,
+            filtered_B=None if batch.filtered_B is None else batch.filtered_B[rows],
+            values_B_T=forward.values_B_T, old_values_B_T=cut(scored.values_B_T),
+            returns_B_T=cut(returns_B_T)), self.loss)
         self.engine.backward(out.loss, scale_wrt_gas=False)
         self.engine.step()
-        return out, logprobs, entropy
+        return forward, out
+
+    def _own_version_logprobs(self, micro: MicroBatch, logprobs_B_T: torch.Tensor,
+                              record: StepRecord) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Stale tokens rescored under their own version (every sequence in deterministic mode,
+        `trainer.mismatch_probe` per step otherwise); None when nothing is kept for it."""
+        if self.replay is None:
+            return None
+        self.replay.prune(self.version)
+        budget = None if self.deterministic else self.config.mismatch_probe - record.probed
+        if budget is not None and budget <= 0:
+            return None
+        own, ok, scored = self.replay.own_version_logprobs(micro, logprobs_B_T, self.version,
+                                                           self.temperature, budget)
+        record.probed += scored
+        return own, ok
 
     def publish(self) -> WeightsFile:
-        """Write the current weights as one packed file on tmpfs for the rollout workers."""
-        named = ((name, p.detach()) for name, p in self.engine.module.named_parameters())
-        weights = write_weights_file(named, self.settings.weights_dir, self.version,
+        """Write the policy's weights as one packed file on tmpfs for the rollout workers."""
+        named = ((name, p.detach()) for name, p in self.policy.named_parameters())
+        weights = write_weights_file(named, self.weights_dir, self.version,
                                      self.fingerprint_names)
-        remove_old_weight_files(self.settings.weights_dir, keep_version=self.version)
+        remove_old_weight_files(self.weights_dir, keep_version=self.version)
         if self.replay is not None:
             self.replay.keep(self.version)
         return weights
@@ -224,7 +250,14 @@ class Learner:
         return str(Path(directory) / tag)
 
     def save_final(self, directory: str) -> str:
-        """The policy in Hugging Face format (loadable by vLLM and transformers)."""
-        self.engine.module.save_pretrained(directory)
+        """The policy in Hugging Face format (loadable by vLLM and transformers), and PPO's value
+        head beside it."""
+        self.policy.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
+        module = self.engine.module
+        if isinstance(module, PolicyWithValue):
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().contiguous() for k, v in module.value_head.state_dict()
+                       .items()}, str(Path(directory) / "value_head.safetensors"))
         return directory

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from slipstream.buffer.records import Sample
+from slipstream.trainer.losses.kl import kl_estimate
 from slipstream.trainer.numerics import scaled_log_softmax
+from slipstream.trainer.value_head import ValueOutput
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,22 @@ def collate(samples: Sequence[Sample], pad_id: int) -> MicroBatch:
                       recomputed)
 
 
-def token_logprobs(model, batch: MicroBatch, temperature: float,
-                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(logprobs_B_T in float32, entropy_B_T or None) of the completion tokens under `model`."""
-    logits = model(input_ids=batch.input_ids_B_L, attention_mask=batch.attention_mask_B_L,
-                   use_cache=False).logits
+@dataclass(frozen=True)
+class TokenForward:
+    """One forward pass over a micro-batch, at the completion tokens."""
+
+    logprobs_B_T: torch.Tensor               # float32, with grad where the model has it
+    entropy_B_T: torch.Tensor | None         # float32, no grad; when asked for
+    values_B_T: torch.Tensor | None          # float32; the value head's, when the model has one
+
+
+def forward_tokens(model, batch: MicroBatch, temperature: float, with_entropy: bool = False
+                   ) -> TokenForward:
+    """The completion tokens' logprobs under `model` (and entropies, and values when `model` is
+    a policy with a value head: trainer/value_head.py)."""
+    output = model(input_ids=batch.input_ids_B_L, attention_mask=batch.attention_mask_B_L,
+                   use_cache=False)
+    logits = output.logits
     vocab = logits.shape[-1]
     rows = logits.gather(1, batch.positions_B_T.unsqueeze(-1).expand(-1, -1, vocab))
     logp_all = scaled_log_softmax(rows, temperature)
@@ -76,12 +89,15 @@ def token_logprobs(model, batch: MicroBatch, temperature: float,
     if with_entropy:
         with torch.no_grad():
             entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logprobs, entropy
+    values = None
+    if isinstance(output, ValueOutput):
+        values = output.values_B_L.gather(1, batch.positions_B_T).float()
+    return TokenForward(logprobs, entropy, values)
 
 
-def k3(log_ratio: torch.Tensor) -> torch.Tensor:
-    """Schulman's k3 estimator of KL(p || q) per token, with log_ratio = log q - log p, x ~ p."""
-    return torch.exp(log_ratio) - log_ratio - 1
+def token_logprobs(model, batch: MicroBatch, temperature: float) -> torch.Tensor:
+    """Only the completion tokens' logprobs (float32) under `model`."""
+    return forward_tokens(model, batch, temperature).logprobs_B_T
 
 
 def reproducible_by(version: int, batch: MicroBatch) -> torch.Tensor:
@@ -130,25 +146,31 @@ class GapAccumulator:
             checked, checked_logprobs = own_ok_B_T & batch.mask_B_T, own_B_T
         gap = (checked_logprobs - batch.sampler_logprobs_B_T).abs()
         self.mismatch_tokens += int(checked.sum())
-        kl = k3(checked_logprobs - batch.sampler_logprobs_B_T)          # KL(sampler || trainer)
+        # KL(sampler || trainer) in float64: fp32 gaps of 1e-7 would round k3 to exactly 0.
+        sampler = batch.sampler_logprobs_B_T.double()
+        kl = kl_estimate(sampler, checked_logprobs.double(), "k3")
         self.mismatch_kl_sum += float(kl[checked].sum())
         if checked.any():
             self.mismatch_max_abs = max(self.mismatch_max_abs, float(gap[checked].max()))
         older = batch.mask_B_T & ~current
         self.stale_tokens += int(older.sum())
-        self.stale_kl_sum += float(k3(trainer - batch.sampler_logprobs_B_T)[older].sum())
+        stale_kl = kl_estimate(sampler, trainer.double(), "k3")
+        self.stale_kl_sum += float(stale_kl[older].sum())
         lag = (self.learner_version - batch.versions_B_T)[batch.mask_B_T]
         self.total_tokens += int(batch.mask_B_T.sum())
         self.staleness_sum += float(lag.sum())
         self.staleness_max = max(self.staleness_max, int(lag.max()) if lag.numel() else 0)
 
     def metrics(self) -> dict[str, float]:
-        return {
-            "mismatch/kl": self.mismatch_kl_sum / max(self.mismatch_tokens, 1),
-            "mismatch/max_abs_logprob_diff": self.mismatch_max_abs,
-            "mismatch/tokens": self.mismatch_tokens,
-            "staleness/kl": self.stale_kl_sum / max(self.stale_tokens, 1),
-            "staleness/tokens": self.stale_tokens,
-            "staleness/mean": self.staleness_sum / max(self.total_tokens, 1),
-            "staleness/max": self.staleness_max,
-        }
+        """A figure over no token is left out, never written as 0: a step where every token was
+        stale and none was rescored has no mismatch/kl (DESIGN.md)."""
+        metrics = {"mismatch/tokens": self.mismatch_tokens, "staleness/tokens": self.stale_tokens,
+                   "staleness/max": self.staleness_max}
+        if self.mismatch_tokens:
+            metrics["mismatch/kl"] = self.mismatch_kl_sum / self.mismatch_tokens
+            metrics["mismatch/max_abs_logprob_diff"] = self.mismatch_max_abs
+        if self.stale_tokens:
+            metrics["staleness/kl"] = self.stale_kl_sum / self.stale_tokens
+        if self.total_tokens:
+            metrics["staleness/mean"] = self.staleness_sum / self.total_tokens
+        return metrics

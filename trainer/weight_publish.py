@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from slipstream.rollout.weight_transfer import fingerprint_names_for, fingerprint
+from slipstream.errors import SlipstreamError
+from slipstream.weight_fingerprint import fingerprint, fingerprint_names_for
 
 
 @dataclass(frozen=True)
@@ -120,3 +121,12 @@ def ipc_update_info(named_tensors: Iterable[tuple[str, torch.Tensor]]
         handles.append({gpu: reduce_tensor(weight)[1]})
     info = {"names": names, "dtype_names": dtype_names, "shapes": shapes, "ipc_handles": handles}
     return info, keep
+
+
+def check_landed(weights: WeightsFile, landed: Mapping[str, float], where: str) -> None:
+    """Raise (one line) unless the fingerprint an engine read back after loading `weights`
+    is the one published: a sync that silently did nothing must stop the run."""
+    if dict(landed) != weights.fingerprint:
+        raise SlipstreamError(f"weight sync to version {weights.version} did not land on "
+                              f"{where}: fingerprint {dict(landed)} != published "
+                              f"{weights.fingerprint}")

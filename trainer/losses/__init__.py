@@ -1,36 +1,70 @@
-"""Pluggable losses behind one interface: `compute_loss(LossInputs, config) -> LossOutput`.
+"""The loss family: recipes made of composable pieces, selected with `--trainer.loss.kind NAME`.
 
-Adding a loss is one function `(LossInputs, MyLossConfig) -> LossOutput`, one pydantic config
-class with a `kind: Literal["my_loss"]` field, and registering both here: the config in the
-`LossConfig` union, the function in `_LOSSES` under the same kind. Nothing else changes: the
-learner, the run config and the CLI (`--trainer.loss.kind my_loss`) pick it up from the union.
+    grpo  dr_grpo  dapo  gspo  cispo  rloo  reinforce_pp  ppo
+
+A recipe is a config class (one module each: grpo.py, dapo.py, ...) whose docstring holds its
+formula and paper. Its fields choose among the shared pieces (config.py): the advantage
+estimator (trainer/advantages.py), the policy objective (objectives.py), the aggregation
+(base.py), the sampler/trainer corrections (corrections.py) and the KL (kl.py); `policy.py`
+computes any combination. So a new paper is usually a new module with new defaults, plus at most
+one small function among the pieces.
+
+Adding a loss: write `trainer/losses/my_loss.py` with `class MyLossConfig(LossConfigBase)` and
+`kind: Literal["my_loss"]`, and add it to `_RECIPES` below (one line). The learner, the run config
+and the CLI pick it up from the union.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any, Union
+import typing
+from typing import Annotated, Union
 
 from pydantic import Field
 
-from slipstream.trainer.losses.base import MASK_REASONS, MASKING_REASONS, LossInputs, LossOutput
-from slipstream.trainer.losses.grpo import GRPOLossConfig, grpo_loss
+from slipstream.trainer.losses.base import (MASK_REASONS, MASKING_REASONS, LossInputs, LossOutput,
+                                            token_records)
+from slipstream.trainer.losses.cispo import CISPOLossConfig
+from slipstream.trainer.losses.config import CorrectionConfig, KLConfig, LossConfigBase
+from slipstream.trainer.losses.dapo import DAPOLossConfig
+from slipstream.trainer.losses.dr_grpo import DrGRPOLossConfig
+from slipstream.trainer.losses.grpo import GRPOLossConfig
+from slipstream.trainer.losses.gspo import GSPOLossConfig
+from slipstream.trainer.losses.policy import policy_loss
+from slipstream.trainer.losses.ppo import PPOLossConfig
+from slipstream.trainer.losses.reinforce_pp import ReinforcePPLossConfig
+from slipstream.trainer.losses.rloo import RLOOLossConfig
 
-# With one member `Union[X]` collapses to X, and pydantic (2.x) still accepts the discriminator on
-# it: a wrong `kind` fails with a message listing the valid ones, and the schema and error paths
-# (`trainer.loss.grpo.clip_low`) already have the shape they keep when a second loss is added.
-# One consequence: a config given as a plain dict must name its `kind` (the CLI merges overrides
-# into the defaults, so `--trainer.loss.clip-high 0.3` alone works).
-LossConfig = Annotated[Union[GRPOLossConfig], Field(discriminator="kind")]
-
-# Keyed by `kind`; each function takes its own config class (hence Any in the value type).
-_LOSSES: dict[str, Callable[[LossInputs, Any], LossOutput]] = {"grpo": grpo_loss}
-
-
-def compute_loss(inputs: LossInputs, config: LossConfig) -> LossOutput:
-    """Dispatch on `config.kind` to the registered loss function."""
-    return _LOSSES[config.kind](inputs, config)
+_RECIPES = (GRPOLossConfig, DrGRPOLossConfig, DAPOLossConfig, GSPOLossConfig, CISPOLossConfig,
+            RLOOLossConfig, ReinforcePPLossConfig, PPOLossConfig)
 
 
-__all__ = ["MASK_REASONS", "MASKING_REASONS", "GRPOLossConfig", "LossConfig", "LossInputs",
-           "LossOutput", "compute_loss"]
+def recipe_kind(recipe: type) -> str:
+    """The `kind` a recipe class answers to; a readable TypeError for a malformed recipe (caught
+    at import, so a new loss that forgets a field fails before any run starts)."""
+    if not (isinstance(recipe, type) and issubclass(recipe, LossConfigBase)):
+        raise TypeError(f"loss recipe {recipe!r} must subclass LossConfigBase "
+                        "(trainer/losses/config.py), which holds the pieces every loss shares")
+    field = recipe.model_fields.get("kind")
+    kinds = typing.get_args(field.annotation) if field is not None else ()
+    if len(kinds) != 1 or field.default != kinds[0]:
+        raise TypeError(f"loss recipe {recipe.__name__} needs `kind: Literal[\"name\"] = "
+                        f"Field(\"name\", ...)` naming itself")
+    return kinds[0]
+
+
+KINDS: tuple[str, ...] = tuple(recipe_kind(r) for r in _RECIPES)
+if len(set(KINDS)) != len(KINDS):
+    raise TypeError(f"two loss recipes share a kind: {KINDS}")
+
+LossConfig = Annotated[Union[_RECIPES], Field(discriminator="kind")]  # type: ignore[valid-type]
+
+
+def compute_loss(inputs: LossInputs, config: LossConfigBase) -> LossOutput:
+    """One micro-batch's loss for any recipe (policy.py)."""
+    return policy_loss(inputs, config)
+
+
+__all__ = ["KINDS", "MASK_REASONS", "MASKING_REASONS", "CISPOLossConfig", "CorrectionConfig",
+           "DAPOLossConfig", "DrGRPOLossConfig", "GRPOLossConfig", "GSPOLossConfig", "KLConfig",
+           "LossConfig", "LossConfigBase", "LossInputs", "LossOutput", "PPOLossConfig",
+           "RLOOLossConfig", "ReinforcePPLossConfig", "compute_loss", "token_records"]

@@ -1,4 +1,4 @@
-"""The typed inputs and outputs every loss shares, and the one normalisation they all use.
+"""The typed inputs and outputs every loss shares, and the aggregations they use.
 
 Shapes are in the names: B sequences, T completion positions (right-padded; `mask_B_T` marks the
 real tokens). A step's batch is split into micro-batches; every loss normalises by the *whole*
@@ -9,19 +9,22 @@ gives the batch loss and gradient accumulation needs no rescaling. Metrics follo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-Aggregation = Literal["token_mean", "sequence_mean"]
-
 # Why a token's policy gradient was changed, by code (the index into this tuple) in
-# `LossOutput.mask_reason_B_T`: "" trained as is; "ppo_clip" the clipped branch of PPO's min won,
-# so the token gave no policy gradient (masked); "tis_truncated" its truncated-importance weight
-# was capped at tis_cap (still trained, with the capped weight; not masked).
-MASK_REASONS: tuple[str, ...] = ("", "ppo_clip", "tis_truncated")
-MASKING_REASONS = frozenset({"ppo_clip"})   # the reasons that leave a token without gradient
+# `LossOutput.mask_reason_B_T`. One reason per token; where several apply, the most drastic is
+# kept (the later entry of MASK_PRIORITY). Masking reasons leave the token without gradient:
+#   "overlong"      its completion was truncated and the recipe filters those (DAPO);
+#   "mis_sequence"  its sequence's ratio left the MIS band;  "mis"  its own ratio did;
+#   "icepop"        its ratio left IcePop's band;  "ppo_clip"  the clipped branch of PPO's min won.
+# The others still train: "tis_truncated" (TIS weight capped), "cispo_clip" (CISPO weight clipped).
+MASK_REASONS: tuple[str, ...] = ("", "ppo_clip", "tis_truncated", "cispo_clip", "mis",
+                                 "mis_sequence", "icepop", "overlong")
+MASKING_REASONS = frozenset({"ppo_clip", "mis", "mis_sequence", "icepop", "overlong"})
+MASK_PRIORITY: tuple[str, ...] = ("cispo_clip", "tis_truncated", "ppo_clip", "icepop", "mis",
+                                  "mis_sequence", "overlong")
 
 
 @dataclass(frozen=True)
@@ -30,28 +33,44 @@ class LossInputs:
 
     logprobs_B_T: Tensor             # trainer logprobs of the sampled tokens, float32, with grad
     sampler_logprobs_B_T: Tensor     # the sampler's (vLLM's) logprobs of the same tokens, float32
-    advantages_B: Tensor             # one advantage per sequence, float32
-    mask_B_T: Tensor                 # bool: True on completion tokens that count
+    advantages_B_T: Tensor           # each token's advantage, float32 (no gradient)
+    mask_B_T: Tensor                 # bool: True on real completion tokens
     ref_logprobs_B_T: Tensor | None  # reference-model logprobs, when a reference is configured
-    total_tokens: int                # masked tokens in the WHOLE step batch (all micro-batches)
+    total_tokens: int                # trained tokens in the WHOLE step batch (all micro-batches)
     total_sequences: int             # sequences in the whole step batch
+    max_tokens: int = 1              # the completion limit: the `constant` aggregation's length
+    # Sequences the recipe leaves out of the loss (DAPO's overlong filter); None: none.
+    filtered_B: Tensor | None = None
+    # PPO's value head: its prediction per token (with grad), the prediction at the start of
+    # the step, and the GAE returns it regresses on; None for losses without a critic.
+    values_B_T: Tensor | None = None
+    old_values_B_T: Tensor | None = None
+    returns_B_T: Tensor | None = None
 
     def __post_init__(self) -> None:
         # A (B,) vs (B, 1) slip broadcasts silently into a (B, B) loss; fail loudly instead.
         shape = tuple(self.logprobs_B_T.shape)
         if len(shape) != 2:
             raise ValueError(f"logprobs_B_T must be 2-D (B, T), got {shape}")
-        others = {"sampler_logprobs_B_T": self.sampler_logprobs_B_T, "mask_B_T": self.mask_B_T}
-        if self.ref_logprobs_B_T is not None:
-            others["ref_logprobs_B_T"] = self.ref_logprobs_B_T
+        others = {"sampler_logprobs_B_T": self.sampler_logprobs_B_T, "mask_B_T": self.mask_B_T,
+                  "advantages_B_T": self.advantages_B_T, "ref_logprobs_B_T": self.ref_logprobs_B_T,
+                  "values_B_T": self.values_B_T, "old_values_B_T": self.old_values_B_T,
+                  "returns_B_T": self.returns_B_T}
         for name, tensor in others.items():
-            if tuple(tensor.shape) != shape:
+            if tensor is not None and tuple(tensor.shape) != shape:
                 raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {shape}")
         if self.mask_B_T.dtype != torch.bool:
             raise ValueError(f"mask_B_T must be bool, got {self.mask_B_T.dtype}")
-        if tuple(self.advantages_B.shape) != shape[:1]:
-            raise ValueError(f"advantages_B has shape {tuple(self.advantages_B.shape)}, "
+        if self.filtered_B is not None and tuple(self.filtered_B.shape) != shape[:1]:
+            raise ValueError(f"filtered_B has shape {tuple(self.filtered_B.shape)}, "
                              f"expected {shape[:1]}")
+
+    @property
+    def trained_B_T(self) -> Tensor:
+        """The tokens the loss may train on: real and not filtered out."""
+        if self.filtered_B is None:
+            return self.mask_B_T
+        return self.mask_B_T & ~self.filtered_B.unsqueeze(-1)
 
 
 @dataclass(frozen=True)
@@ -63,35 +82,45 @@ class LossOutput:
     # Summable contributions: each value is already this micro-batch's share of a batch mean, so
     # the learner SUMS them over micro-batches; keys ending in "_max" are maxima (take the max).
     metrics: dict[str, float]
-    # Per token, for the run's records (DIR/rollouts/, the inspector); None when a loss does not
-    # report them. No gradient. The importance weight the policy term applied after clipping or
-    # truncation (float32), and the MASK_REASONS code of each token (int8; 0 on padding).
+    # Per token, for the run's records (DIR/rollouts/, the inspector); no gradient. The
+    # importance weight the policy term applied after clipping or truncation (float32), and the
+    # MASK_REASONS code of each token (int8; 0 on padding).
     importance_weight_B_T: Tensor | None = None
     mask_reason_B_T: Tensor | None = None
 
 
 def masked(values_B_T: Tensor, mask_B_T: Tensor) -> Tensor:
-    """`values` on masked tokens, 0 on padding. `where`, not a multiply: padding may hold inf or
+    """`values` on masked tokens, 0 elsewhere. `where`, not a multiply: padding may hold inf or
     nan (e.g. a -inf logprob), and nan * 0 is nan, which would poison the sum and the gradient."""
     return torch.where(mask_B_T, values_B_T, torch.zeros_like(values_B_T))
 
 
-def masked_share(values_B_T: Tensor, inputs: LossInputs, aggregation: Aggregation) -> Tensor:
-    """This micro-batch's share of the batch mean of `values_B_T` over masked tokens.
+def aggregate(values_B_T: Tensor, keep_B_T: Tensor, inputs: LossInputs, aggregation: str) -> Tensor:
+    """This micro-batch's share of the batch aggregate of `values_B_T` over the kept tokens.
 
-    token_mean:    sum_{b,t} m_bt v_bt / total_tokens. Every token weighs the same (DAPO,
-                   Dr.GRPO): long completions are not down-weighted per token.
+    token_mean:    sum_{b,t} m_bt v_bt / total_tokens. Every token weighs the same (DAPO):
+                   long completions are not down-weighted per token.
     sequence_mean: sum_b [sum_t m_bt v_bt / sum_t m_bt] / total_sequences. Each sequence weighs
-                   the same (the original GRPO); a sequence with no masked token adds 0 but still
+                   the same (the original GRPO); a sequence with no kept token adds 0 but still
                    counts in total_sequences, so every micro-batch split gives the same sum.
+    constant:      sum_{b,t} m_bt v_bt / (total_sequences * max_tokens). A fixed normaliser
+                   (Dr.GRPO): neither the batch's token count nor a sequence's length scales a
+                   token's weight, which removes GRPO's length bias.
     """
-    kept_B_T = masked(values_B_T, inputs.mask_B_T)
+    kept_B_T = masked(values_B_T, keep_B_T)
     if aggregation == "token_mean":
         return kept_B_T.sum() / max(inputs.total_tokens, 1)
     if aggregation == "sequence_mean":
-        tokens_B = inputs.mask_B_T.sum(-1).clamp(min=1).to(kept_B_T.dtype)
+        tokens_B = keep_B_T.sum(-1).clamp(min=1).to(kept_B_T.dtype)
         return (kept_B_T.sum(-1) / tokens_B).sum() / max(inputs.total_sequences, 1)
+    if aggregation == "constant":
+        return kept_B_T.sum() / max(inputs.total_sequences * inputs.max_tokens, 1)
     raise ValueError(f"unknown aggregation {aggregation!r}")
+
+
+def token_mean(values_B_T: Tensor, inputs: LossInputs) -> Tensor:
+    """This micro-batch's share of the token mean over the step's trained tokens (metrics)."""
+    return aggregate(values_B_T, inputs.trained_B_T, inputs, "token_mean")
 
 
 def token_records(out: LossOutput, lengths: list[int]) -> list[dict[str, tuple]]:

@@ -1,0 +1,182 @@
+"""The learner itself, in-process on a tiny model with real DeepSpeed: the sign of its update,
+micro-batch invariance of a whole step's gradient, PPO's value head, the stale-token probe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from slipstream.buffer.records import Group, Sample
+from slipstream.errors import SlipstreamError
+from slipstream.launch.models import make_tiny_model
+from slipstream.model_config import ModelConfig
+from slipstream.trainer.config import TrainerConfig
+from slipstream.trainer.learner import Learner
+from slipstream.trainer.logprobs import collate, token_logprobs
+from slipstream.trainer.value_head import PolicyWithValue
+
+GROUP = 4
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    return str(make_tiny_model(tmp_path_factory.mktemp("models") / "tiny"))
+
+
+def make_learner(tiny, tmp_path, **trainer) -> Learner:
+    config = TrainerConfig(**{"groups_per_step": 2, "micro_batch_size": 8, "lr": 1e-3,
+                              "zero_stage": 0, **trainer})
+    return Learner(config, ModelConfig(path=tiny, dtype="float32"), group_size=GROUP,
+                   temperature=1.0, max_new_tokens=8, max_lag=1, seed=0, deterministic=False,
+                   weights_dir=str(tmp_path / "weights"))
+
+
+def make_groups(learner: Learner, rewards: list[list[float]], version: int = 0) -> list[Group]:
+    """Groups of random completions whose sampler logprobs are the learner's own (ratio 1)."""
+    gen = torch.Generator().manual_seed(3)
+    groups = []
+    for g, group_rewards in enumerate(rewards):
+        samples = []
+        for i, reward in enumerate(group_rewards):
+            prompt = tuple(torch.randint(3, 300, (5,), generator=gen).tolist())
+            n = 3 + (i % 4)       # ragged lengths: padding must not matter
+            completion = tuple(torch.randint(3, 300, (n,), generator=gen).tolist())
+            draft = Sample(f"g{g}-{i}", f"g{g}", "p", prompt, completion, (0.0,) * n,
+                           (version,) * n, "", "", "stop", "", reward)
+            with torch.no_grad():
+                logprobs = token_logprobs(learner.policy, collate([draft], learner.pad_id), 1.0)
+            samples.append(Sample(f"g{g}-{i}", f"g{g}", "p", prompt, completion,
+                                  tuple(logprobs[0].tolist()), (version,) * n, "", "", "stop", "",
+                                  reward))
+        groups.append(Group(f"g{g}", g, "p", tuple(samples)))
+    return groups
+
+
+def sequence_logprob(learner: Learner, sample: Sample) -> float:
+    with torch.no_grad():
+        return float(token_logprobs(learner.policy, collate([sample], learner.pad_id), 1.0).sum())
+
+
+def test_a_positive_advantage_raises_its_logprob_and_a_negative_one_lowers_it(tiny, tmp_path):
+    learner = make_learner(tiny, tmp_path)
+    groups = make_groups(learner, [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    before = {s.sample_id: sequence_logprob(learner, s) for g in groups for s in g.samples}
+    result = learner.train_step(groups)
+    after = {s.sample_id: sequence_logprob(learner, s) for g in groups for s in g.samples}
+    for trained in result.trained:
+        moved = after[trained.sample.sample_id] - before[trained.sample.sample_id]
+        if trained.advantage > 0:
+            assert moved > 0, trained.sample.sample_id
+        else:
+            assert trained.advantage < 0 and moved < 0, trained.sample.sample_id
+    assert result.step == 1 and result.version == 1 and learner.version == 1
+    assert all(t.learner_version == 0 for t in result.trained)
+
+
+def _step_gradients(tiny, tmp_path, micro_batch_size: int, loss: dict) -> dict[str, torch.Tensor]:
+    """The accumulated gradient of one whole step, read at DeepSpeed's boundary step."""
+    learner = make_learner(tiny, tmp_path, micro_batch_size=micro_batch_size, loss=loss)
+    groups = make_groups(learner, [[1.0, 0.0, 0.5, 0.0], [0.0, 0.3, 1.0, 0.0]])
+    captured = {}
+    real_step = learner.engine.step
+
+    def step_and_capture():
+        if learner.engine.is_gradient_accumulation_boundary():
+            captured.update({n: p.grad.detach().clone()
+                             for n, p in learner.engine.module.named_parameters()
+                             if p.grad is not None})
+        real_step()
+
+    learner.engine.step = step_and_capture
+    learner.train_step(groups)
+    return captured
+
+
+@pytest.mark.parametrize("loss", [{"kind": "grpo"}, {"kind": "gspo"},
+                                  {"kind": "dr_grpo", "aggregation": "sequence_mean"}],
+                         ids=["grpo", "gspo", "dr_grpo-sequence"])
+def test_a_whole_steps_gradient_does_not_depend_on_the_micro_batch_size(tiny, tmp_path, loss):
+    whole = _step_gradients(tiny, tmp_path / "a", 8, loss)
+    for size in (1, 2, 4):
+        split = _step_gradients(tiny, tmp_path / f"m{size}", size, loss)
+        assert split.keys() == whole.keys() and whole
+        for name, grad in whole.items():
+            torch.testing.assert_close(split[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_ppo_trains_a_value_head_publishes_only_the_policy_and_saves_both(tiny, tmp_path):
+    learner = make_learner(tiny, tmp_path, loss={"kind": "ppo", "value_coef": 1.0})
+    assert isinstance(learner.engine.module, PolicyWithValue)
+    groups = make_groups(learner, [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
+    losses = [learner.train_step(groups).metrics["loss/value"] for _ in range(4)]
+    assert losses[-1] < losses[0]         # the critic learns the returns of a fixed batch
+    result = learner.train_step(groups)
+    assert "value/mean" in result.metrics and result.metrics["value/mean"] != 0.0
+    assert any(t.advantages_T for t in result.trained)     # GAE: per-token advantages
+    published = load_file(learner.publish().path)
+    assert published.keys() == dict(learner.policy.named_parameters()).keys()
+    final = tmp_path / "final"
+    learner.save_final(str(final))
+    head = load_file(str(final / "value_head.safetensors"))
+    assert set(head) == {"weight", "bias"} and head["weight"].abs().sum() > 0
+
+
+def test_a_model_with_no_hidden_size_has_nothing_to_attach_a_value_head_to():
+    class NoHidden(torch.nn.Module):
+        class config:                      # noqa: N801 - stands in for a Hugging Face config
+            @staticmethod
+            def to_dict():
+                return {"d_model": 8}
+
+        dtype = torch.float32
+
+    with pytest.raises(SlipstreamError, match="names no hidden_size"):
+        PolicyWithValue(NoHidden())
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_the_value_head_reads_the_final_normed_hidden_state(tmp_path, arch):
+    from transformers import AutoModelForCausalLM
+
+    policy = AutoModelForCausalLM.from_pretrained(make_tiny_model(tmp_path / arch, arch=arch))
+    ids = torch.randint(3, 300, (2, 6))
+    with torch.no_grad():
+        final = policy.get_decoder()(input_ids=ids).last_hidden_state
+        hidden = policy(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+    assert torch.equal(hidden, final)
+
+
+def test_the_probe_rescores_stale_tokens_under_the_weights_that_sampled_them(tiny, tmp_path):
+    learner = make_learner(tiny, tmp_path, mismatch_probe=3)
+    from copy import deepcopy
+
+    old_policy = deepcopy(learner.policy)
+    groups = make_groups(learner, [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    learner.train_step(groups)
+    learner.publish()
+    # The same version-0 samples, now one version stale: the current weights cannot check them.
+    result = learner.train_step(groups)
+    metrics = result.metrics
+    assert metrics["mismatch/probed_sequences"] == 3
+    rescored = [t for t in result.trained if t.own_version_logprobs_T is not None]
+    assert len(rescored) == 3
+    for trained in rescored:
+        with torch.no_grad():
+            expected = token_logprobs(old_policy, collate([trained.sample], learner.pad_id), 1.0)
+        assert trained.own_version_logprobs_T == tuple(expected[0].tolist())
+    # sampler logprobs came from the same weights: the probe sees (almost) no gap, while the
+    # trainer's current logprobs have moved (staleness).
+    assert metrics["mismatch/tokens"] == sum(len(t.sample.completion_ids_T) for t in rescored)
+    assert metrics["mismatch/max_abs_logprob_diff"] < 1e-5
+    assert metrics["staleness/kl"] > 0
+
+
+def test_without_the_probe_a_stale_step_writes_no_mismatch_figure(tiny, tmp_path):
+    learner = make_learner(tiny, tmp_path, mismatch_probe=0)
+    groups = make_groups(learner, [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    learner.train_step(groups)
+    metrics = learner.train_step(groups).metrics
+    assert metrics["mismatch/tokens"] == 0
+    assert "mismatch/kl" not in metrics and "mismatch/max_abs_logprob_diff" not in metrics
+    assert learner.replay is None      # no copy of old weights is kept

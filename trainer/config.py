@@ -1,0 +1,38 @@
+"""The trainer section of the config: the learner, its optimizer, its loss and its syncs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from slipstream.trainer.losses import GRPOLossConfig, LossConfig
+
+
+class TrainerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    groups_per_step: int = Field(8, ge=1, description="Groups (prompts) per learner step.")
+    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward pass.")
+    lr: float = Field(1e-5, gt=0, description="Learning rate (constant after warm-up).")
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip.")
+    zero_stage: Literal[0, 1, 2] = Field(1, description=(
+        "DeepSpeed ZeRO stage. 3 is refused for now: publishing would have to gather shards."))
+    threads: int = Field(1, ge=1, description="torch threads of the learner (the rest of the "
+                         "cores go to the sampler).")
+    loss: LossConfig = Field(default_factory=GRPOLossConfig, description=(
+        "The loss recipe (`kind`) and its pieces; see trainer/losses/."))
+    reference_model: bool = Field(False, description=(
+        "Keep a frozen copy of the initial policy for the KL (loss.kl) and kl/ref."))
+    mismatch_probe: int = Field(4, ge=0, description=(
+        "Sequences per step whose stale tokens are rescored under the weights that sampled them "
+        "(kept for the versions within buffer.max_lag), so mismatch/* measures the numerics gap "
+        "every step even when every trained token is stale; 0 turns it off (and keeps no copy "
+        "of old weights). Deterministic mode rescores every sequence."))
+    sync_every: int = Field(1, ge=1, description="Learner steps between weight publishes.")
+    sync_timeout_s: float = Field(120.0, gt=0, description="A weight sync that has not landed "
+                                  "after this many seconds stops the run.")
+    checkpoint_every: int = Field(0, ge=0, description="Steps between DeepSpeed checkpoints "
+                                  "(0: only at the end).")

@@ -1,0 +1,67 @@
+"""Policy objectives: the per-token loss of a sampled token given its ratio and advantage.
+
+Notation: logp = the trainer's logprob (with gradient), anchor = the policy the ratio is taken
+against (the sampler mu, or with a correction the trainer at the start of the step, pi_prox),
+r = exp(logp - anchor), A = the token's advantage, sg = stop-gradient, eps_lo / eps_hi = the
+recipe's clip_low / clip_high.
+
+    ppo_clip   l_t = -min(r A, clip(r, 1 - eps_lo, 1 + eps_hi) A)
+               (Schulman et al. 2017, PPO; clip-higher eps_hi > eps_lo from DAPO, Yu et al. 2025)
+    gspo       s = exp(mean_t log r_t) over the sequence's tokens (length-normalised ratio),
+               s_t = sg(s) * exp(logp_t - sg(logp_t))    (value s, gradient s * d logp_t)
+               l_t = -min(s_t A, clip(s_t, 1 - eps_lo, 1 + eps_hi) A)
+               With sequence_mean aggregation this is exactly GSPO's sequence objective and
+               gradient (Zheng et al. 2025, arXiv 2507.18071): the clip acts on whole sequences.
+    cispo      l_t = -sg(clip(r, 1 - eps_lo, 1 + eps_hi)) A logp_t
+               REINFORCE with a clipped, stop-gradient importance weight: a token outside the
+               band keeps its gradient, only its weight is bounded (MiniMax-M1, arXiv 2506.13585).
+
+Each returns (l_B_T, changed_B_T): the per-token loss and where the clip changed the token's
+treatment. For ppo_clip and gspo the clipped branch of the min won, so the token gives no policy
+gradient ("ppo_clip", masked); for cispo the weight was clipped but the token still trains
+("cispo_clip"). Padding must be zeroed by the caller (`masked`), so nothing sees -inf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from slipstream.trainer.losses.base import masked
+from slipstream.trainer.losses.config import LossConfigBase
+
+ObjectiveFn = Callable[[Tensor, Tensor, Tensor, Tensor, LossConfigBase], tuple[Tensor, Tensor]]
+
+
+def _clipped_surrogate(ratio: Tensor, advantages_B_T: Tensor,
+                       cfg: LossConfigBase) -> tuple[Tensor, Tensor]:
+    unclipped = ratio * advantages_B_T
+    clipped = ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_high) * advantages_B_T
+    # Strictly smaller: where the two agree (ratio inside the band) nothing was clipped.
+    return -torch.minimum(unclipped, clipped), (clipped < unclipped).detach()
+
+
+def ppo_clip(logp: Tensor, anchor: Tensor, advantages_B_T: Tensor, mask_B_T: Tensor,
+             cfg: LossConfigBase) -> tuple[Tensor, Tensor]:
+    return _clipped_surrogate(torch.exp(logp - anchor), advantages_B_T, cfg)
+
+
+def gspo(logp: Tensor, anchor: Tensor, advantages_B_T: Tensor, mask_B_T: Tensor,
+         cfg: LossConfigBase) -> tuple[Tensor, Tensor]:
+    log_ratio = masked(logp - anchor, mask_B_T).detach()
+    tokens_B = mask_B_T.sum(-1, keepdim=True).clamp(min=1)
+    sequence_log_ratio_B = log_ratio.sum(-1, keepdim=True) / tokens_B
+    ratio = torch.exp(sequence_log_ratio_B + logp - logp.detach())
+    return _clipped_surrogate(ratio, advantages_B_T, cfg)
+
+
+def cispo(logp: Tensor, anchor: Tensor, advantages_B_T: Tensor, mask_B_T: Tensor,
+          cfg: LossConfigBase) -> tuple[Tensor, Tensor]:
+    ratio = torch.exp(logp - anchor).detach()
+    weight = ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_high)
+    return -weight * advantages_B_T * logp, weight != ratio
+
+
+OBJECTIVES: dict[str, ObjectiveFn] = {"ppo_clip": ppo_clip, "gspo": gspo, "cispo": cispo}

@@ -1,0 +1,76 @@
+"""A learner step's batch, prepared once: samples in group order, their micro-batches, the
+rewards the advantages start from (after DAPO's overlong shaping), the sequences a recipe leaves
+out (DAPO's overlong filter), and the whole-step counts every loss normalises by.
+
+Whole-step tensors are (B, T) with B = every sample of the step and T = its longest completion; a
+micro-batch's rows are a slice of B and its columns the first T_mb (completions are right-padded
+from column 0), so per-token quantities computed for the whole step (advantages, reference
+logprobs, values) are cut for a micro-batch with `rows, :T_mb`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from slipstream.buffer.records import Group, Sample
+from slipstream.trainer.advantages import overlong_penalty
+from slipstream.trainer.logprobs import MicroBatch, collate
+from slipstream.trainer.losses import LossConfigBase
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    samples: tuple[Sample, ...]
+    groups: tuple[range, ...]          # the rows of each group, in order
+    rewards_B: torch.Tensor            # float64: what the advantages start from
+    shaped: bool                       # rewards_B differs from the samples' rewards
+    filtered_B: torch.Tensor | None    # bool: sequences left out of the loss; None: none
+    mask_B_T: torch.Tensor             # bool: real completion tokens
+    sampler_B_T: torch.Tensor          # the sampler's logprobs (0 on padding)
+    micro: tuple[tuple[slice, MicroBatch], ...]
+    total_tokens: int                  # tokens the loss trains on (filtered sequences excluded)
+    total_sequences: int
+    max_tokens: int                    # the completion limit (the constant aggregation's length)
+
+    @property
+    def trained_B_T(self) -> torch.Tensor:
+        if self.filtered_B is None:
+            return self.mask_B_T
+        return self.mask_B_T & ~self.filtered_B.unsqueeze(-1)
+
+    def micro_batches(self) -> Iterator[tuple[slice, MicroBatch]]:
+        return iter(self.micro)
+
+
+def build_step_batch(groups: Sequence[Group], pad_id: int, micro_batch_size: int,
+                     loss: LossConfigBase, max_tokens: int) -> StepBatch:
+    samples = tuple(s for g in groups for s in g.samples)
+    starts = [0]
+    for g in groups:
+        starts.append(starts[-1] + len(g.samples))
+    lengths = [len(s.completion_ids_T) for s in samples]
+    rewards = [s.reward for s in samples]
+    if loss.overlong == "shape":
+        rewards = [r + overlong_penalty(n, max_tokens, loss.overlong_buffer_tokens,
+                                        loss.overlong_penalty) for r, n in zip(rewards, lengths)]
+    filtered = None
+    if loss.overlong == "filter":
+        filtered = torch.tensor([s.finish_reason == "length" for s in samples], dtype=torch.bool)
+    longest = max(lengths, default=0)
+    mask = torch.arange(longest).unsqueeze(0) < torch.tensor(lengths).unsqueeze(-1)
+    micro = tuple((slice(i, i + micro_batch_size),
+                   collate(samples[i:i + micro_batch_size], pad_id))
+                  for i in range(0, len(samples), micro_batch_size))
+    sampler = torch.zeros(mask.shape)
+    for b, s in enumerate(samples):
+        sampler[b, :lengths[b]] = torch.tensor(s.sampler_logprobs_T, dtype=torch.float32)
+    kept = mask if filtered is None else mask & ~filtered.unsqueeze(-1)
+    return StepBatch(
+        samples=samples, groups=tuple(range(a, b) for a, b in zip(starts, starts[1:])),
+        rewards_B=torch.tensor(rewards, dtype=torch.float64),
+        shaped=loss.overlong == "shape" and rewards != [s.reward for s in samples],
+        filtered_B=filtered, mask_B_T=mask, sampler_B_T=sampler, micro=micro, total_tokens=int(kept.sum()),
+        total_sequences=len(samples), max_tokens=max_tokens)
