@@ -7,8 +7,8 @@ asynchronous or synchronous; synchronous runs with one seed must repeat bit for 
 import json
 
 import pytest
+from e2e_helpers import launch, read_metrics, read_tensorboard
 from safetensors.torch import load_file
-from test_pipeline_e2e import launch, read_metrics, read_tensorboard, tiny_model  # noqa: F401
 
 pytestmark = pytest.mark.e2e
 DETERMINISTIC = ("--deterministic", "true")

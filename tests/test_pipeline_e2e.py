@@ -6,74 +6,13 @@ weight sync with fingerprint check, the buffer's tickets, DeepSpeed steps, the r
 """
 
 import json
-import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-import psutil
 import pytest
-
-from slipstream.launch.models import make_tiny_model
+from e2e_helpers import ROOT, launch, read_metrics, read_tensorboard
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--model.dtype", "float32", "--model.max-model-len", "256",
-         "--rollout.group-size", "4", "--rollout.groups-in-flight", "2",
-         "--rollout.max-new-tokens", "16", "--trainer.groups-per-step", "2",
-         "--trainer.micro-batch-size", "4", "--trainer.lr", "1e-3", "--progress", "false",
-         # A random model never answers right; this reward varies anyway, so advantages and
-         # losses are not all zero.
-         "--reward.kind", "python", "--reward.function", "rewards_for_tests:digit_share"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    return str(make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2"))
-
-
-def launch(script: str, model: str, out: Path, *extra: str, timeout: int = 400):
-    before = _engine_processes()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    env_args = [] if script == "gsm8k.py" else ["--env.digits", "1"]
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "launch" / script), "--model.path", model,
-         "--output-dir", str(out), *SMALL, *env_args, *extra],
-        capture_output=True, text=True, timeout=timeout, env=env)
-    # Ray's worker processes may still be exiting a moment after the driver has: give them
-    # a few seconds, then any that remain are orphans.
-    deadline = time.monotonic() + 15
-    while (leftovers := _engine_processes() - before) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not leftovers, f"orphan processes after {script}: {leftovers}"
-    return result
-
-
-def _engine_processes() -> set[int]:
-    """vLLM engine cores and Ray workers alive on this machine (orphans would show here)."""
-    found = set()
-    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
-        text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["name"] or "")
-        if "EngineCore" in text or "ray::" in text or "raylet" in text:
-            found.add(proc.info["pid"])
-    return found
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def read_tensorboard(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run_dir / "tb"))
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
-            for tag in events.Tags()["scalars"]}
-
-
 DESIGN_TAGS = {"reward/mean", "mismatch/kl", "mismatch/max_abs_logprob_diff", "mismatch/tokens",
                "staleness/kl", "staleness/mean", "staleness/max", "rollout/weight_version",
                "timing/weight_sync_s", "timing/step_s", "throughput/rollout_tokens_per_s",
