@@ -21,6 +21,7 @@ from slipstream.model_config import ModelConfig
 from slipstream.rewards import MathVerifyRewardConfig, RewardConfig
 from slipstream.rollout.config import RolloutConfig
 from slipstream.trainer.config import TrainerConfig
+from slipstream.trainer.optimizers import check_zero_stage
 
 __all__ = ["BufferConfig", "ModelConfig", "RolloutConfig", "RunConfig", "TrainerConfig"]
 
@@ -36,7 +37,8 @@ class RunConfig(_Strict):
     time_budget_min: float | None = Field(None, gt=0, description=(
         "A wall-clock budget in minutes: the run ends after the first step that finishes past "
         "it (then saves its final policy as usual), or at `steps`, whichever comes first."))
-    output_dir: str = Field("runs/latest", description="The run directory (DESIGN.md layout).")
+    output_dir: str = Field("runs/latest", description=(
+        "The run directory (the layout in docs/ARCHITECTURE.md)."))
     seed: int = Field(0, ge=0, description="Seeds the env stream, sampling and the learner.")
     deterministic: bool = Field(False, description=(
         "Bitwise-equal sampler and trainer logprobs: the learner computes under "
@@ -71,6 +73,8 @@ class RunConfig(_Strict):
                 f"buffer.capacity_groups ({self.buffer.capacity_groups}) must hold max_lag + 1 "
                 f"steps of groups ({pinned_groups}) for buffer.schedule=pinned")
         self._check_loss()
+        check_zero_stage(self.trainer.optimizer, self.trainer.zero_stage, self.model.dtype,
+                         grad_clip=self.trainer.grad_clip)
         if self.deterministic and self.rollout.top_p != 1.0:
             raise ValueError("deterministic=true samples the full distribution the learner "
                              "recomputes: rollout.top_p must be 1")

@@ -55,6 +55,8 @@ def test_switching_env_kind_replaces_the_branch():
      "group_size must be at least 2"),
     (["--trainer.loss.kind", "grpo", "--trainer.loss.advantage", "gae"],
      "trainer.loss.grpo.advantage"),
+    (["--trainer.optimizer.kind", "muon"], "optimizer muon with ZeRO stage 1 needs grad_clip 0"),
+    (["--trainer.optimizer.kind", "sgd"], "trainer.optimizer"),
 ])
 def test_bad_values_name_the_field(argv, fragment):
     with pytest.raises(SlipstreamError) as error:
@@ -83,3 +85,10 @@ def test_a_recipe_is_one_flag_and_its_pieces_stay_overridable():
     config = parse_config(["--trainer.loss.kind", "gspo"],
                           trainer={"loss": {"kind": "dapo", "clip_high": 0.3}})
     assert (config.trainer.loss.kind, config.trainer.loss.clip_high) == ("gspo", 4e-4)
+
+
+def test_muon_is_one_flag_where_deepspeed_can_run_it():
+    config = parse_config(["--trainer.optimizer.kind", "muon", "--trainer.zero-stage", "0"])
+    assert config.trainer.optimizer.kind == "muon" and config.trainer.grad_clip == 1.0
+    config = parse_config(["--trainer.optimizer.kind", "muon", "--trainer.grad-clip", "0"])
+    assert config.trainer.zero_stage == 1

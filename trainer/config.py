@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from slipstream.trainer.losses import GRPOLossConfig, LossConfig
+from slipstream.trainer.optimizers import AdamWConfig, OptimizerConfig
 
 
 class TrainerConfig(BaseModel):
@@ -14,12 +13,19 @@ class TrainerConfig(BaseModel):
 
     groups_per_step: int = Field(8, ge=1, description="Groups (prompts) per learner step.")
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward pass.")
-    lr: float = Field(1e-5, gt=0, description="Learning rate (constant after warm-up).")
+    lr: float = Field(1e-5, gt=0, description=(
+        "Learning rate (constant after warm-up), one for every optimizer, so arms compare on "
+        "one footing (Muon scales its matrices' steps to AdamW's RMS: trainer/optimizers.py)."))
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip.")
-    zero_stage: Literal[0, 1, 2] = Field(1, description=(
-        "DeepSpeed ZeRO stage. 3 is refused for now: publishing would have to gather shards."))
+    optimizer: OptimizerConfig = Field(default_factory=AdamWConfig, description=(
+        "adamw: AdamW on every parameter. muon: Muon on the transformer blocks' matrices, AdamW "
+        "on embeddings, head, norms and biases. Each with its own settings."))
+    grad_clip: float = Field(1.0, ge=0, description="Gradient-norm clip (0: none).")
+    # An int range, not Literal[0, 1, 2]: the command line hands over the string "0", which a
+    # Literal of ints refuses.
+    zero_stage: int = Field(1, ge=0, le=2, description=(
+        "DeepSpeed ZeRO stage 0, 1 or 2. 3 is refused for now: publishing would have to gather "
+        "shards."))
     threads: int = Field(1, ge=1, description="torch threads of the learner (the rest of the "
                          "cores go to the sampler).")
     loss: LossConfig = Field(default_factory=GRPOLossConfig, description=(

@@ -33,11 +33,13 @@ from slipstream.trainer.logprobs import MicroBatch, TokenForward, forward_tokens
 from slipstream.trainer.losses import LossInputs, LossOutput, compute_loss
 from slipstream.trainer.losses.kl import kl_estimate
 from slipstream.trainer.numerics import batch_invariant
+from slipstream.trainer.optimizers import build_optimizer
 from slipstream.trainer.step_batch import StepBatch, build_step_batch
 from slipstream.trainer.step_record import StepRecord, StepResult
 from slipstream.trainer.value_head import PolicyWithValue
 from slipstream.trainer.version_replay import VersionReplay
-from slipstream.trainer.weight_publish import WeightsFile, remove_old_weight_files, write_weights_file
+from slipstream.trainer.weight_publish import (WeightsFile, remove_old_weight_files,
+                                               write_weights_file)
 from slipstream.weight_fingerprint import fingerprint_names_for
 
 __all__ = ["Learner", "StepResult"]
@@ -91,8 +93,7 @@ class Learner:
             self.reference = AutoModelForCausalLM.from_pretrained(model.path, dtype=dtype)
             self.reference.requires_grad_(False).eval()
         _init_single_process_group()
-        optimizer = torch.optim.AdamW(trained.parameters(), lr=trainer.lr,
-                                      weight_decay=trainer.weight_decay)
+        optimizer = build_optimizer(trained, trainer.optimizer, trainer.lr)
         warmup = trainer.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
