@@ -108,9 +108,10 @@ def deterministic_gap_tokens(record: Mapping[str, Any]) -> tuple[int, int]:
     A token is compared when the trainer recomputed it with the very weights that sampled it,
     KV cache included (trainer/logprobs.py `reproducible_by`): its own version, and, unless the
     sampler recomputed the prefix at every update (`prefix_recomputed`), the same version for
-    every earlier token of the sample. With `own_version_logprobs_T` (deterministic mode: each
-    token recomputed under its own version) that is checked against the sampler for every such
-    token; without, only for the tokens of the learner's version (DESIGN.md's `mismatch/*`)."""
+    every earlier token of the sample. With `own_version_logprobs_T` (each token recomputed under
+    its own version: every sample in deterministic mode, the probed ones otherwise) that is
+    checked against the sampler for every such token; without, only for the tokens of the
+    learner's version (docs/ARCHITECTURE.md's `mismatch/*`)."""
     sample = record["sample"]
     versions = sample["versions_T"]
     recomputed = bool(sample.get("prefix_recomputed", False))

@@ -1,5 +1,5 @@
-"""One logger with namespaced keys (DESIGN.md's metric names), and the batch-level metrics that
-both the pipeline and the reference loop compute the same way."""
+"""One logger with namespaced keys (docs/ARCHITECTURE.md's metric names), and the batch-level
+metrics that both the pipeline and the reference loop compute the same way."""
 
 from __future__ import annotations
 

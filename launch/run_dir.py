@@ -1,6 +1,6 @@
-"""The run directory (DESIGN.md's contract) and the per-step bookkeeping shared by the pipeline
-and the reference loop: the resolved model, the learner's arguments, metrics logged, samples
-recorded.
+"""The run directory (docs/ARCHITECTURE.md's contract) and the per-step bookkeeping shared by
+the pipeline and the reference loop: the resolved model, the learner's arguments, metrics logged,
+samples recorded.
 
     DIR/config.json   DIR/tb/   DIR/metrics.jsonl   DIR/rollouts/   DIR/buffer/
     DIR/checkpoints/  DIR/final/

@@ -4,7 +4,7 @@ It is plain Python (no Ray): the Ray rollout worker owns one, and so does the sy
 reference loop. Everything runs on one asyncio event loop; `generate` calls stream concurrently
 and `update_weights` may be called between or during them.
 
-What a weight update does to the caches (the choice recorded here, see DESIGN.md):
+What a weight update does to the caches (the choice recorded here, see docs/ARCHITECTURE.md):
 * **In-flight requests keep their KV cache.** `pause_generation(mode="keep", clear_cache=False)`
   freezes them between two engine steps; after the load they resume, so their later tokens are
   sampled by the new weights while attending to keys and values the old weights computed. That

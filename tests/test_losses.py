@@ -322,8 +322,8 @@ CONFIGS = [{"kind": k} for k in KINDS] + [
                                                                             "estimator": "k2"}},
     {"kind": "dr_grpo", "correction": {"tis": "sequence", "mis": "geometric", "mis_low": 0.9,
                                        "mis_high": 1.1}},
-    {"kind": "cispo", "correction": {"icepop": True, "icepop_beta": 1.3}, "kl": {"coef": 0.2,
-                                                                                 "estimator": "k1"}},
+    {"kind": "cispo", "correction": {"icepop": True, "icepop_beta": 1.3},
+     "kl": {"coef": 0.2, "estimator": "k1"}},
     {"kind": "gspo", "correction": {"mis": "token", "mis_low": 0.8, "mis_high": 1.25}},
 ]
 

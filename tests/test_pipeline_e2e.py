@@ -37,6 +37,11 @@ def test_async_pipeline_runs_syncs_and_fills_the_run_directory(tiny_model, tmp_p
     assert [v for _, v in tags["rollout/weight_version"]] == [0, 1, 2]
     assert [step for step, _ in tags["timing/weight_sync_s"]] == [2, 3]
     assert tags["mismatch/tokens"][0][1] == 2 * 4 * 16     # step 1: every token, version 0
+    # After step 1 every token is stale; the probe rescores some under the weights that sampled
+    # them, so the gap is measured at every step, not over nothing.
+    assert [s for s, _ in tags["mismatch/max_abs_logprob_diff"]] == [1, 2, 3]
+    assert all(v > 0 for _, v in tags["mismatch/tokens"])
+    assert [v for _, v in tags["mismatch/probed_sequences"]] == [4, 4]
     # fp32 on both sides: vLLM's kernels differ from torch's only in rounding. A tied lm_head
     # left stale by a sync showed up here as a gap of 0.3.
     assert all(v < 1e-4 for _, v in tags["mismatch/max_abs_logprob_diff"])
@@ -54,7 +59,10 @@ def test_async_pipeline_runs_syncs_and_fills_the_run_directory(tiny_model, tmp_p
         # What the inspector reads: per-token strings, weights, masks and reasons.
         assert len(sample["token_texts_T"]) == len(row["importance_weights_T"]) == n
         assert len(row["masked_T"]) == len(row["mask_reasons_T"]) == n
-        assert sample["prefix_recomputed"] is False and row["own_version_logprobs_T"] is None
+        assert sample["prefix_recomputed"] is False
+        own = row["own_version_logprobs_T"]       # set for samples the probe rescored whole
+        if own is not None:
+            assert max(abs(a - b) for a, b in zip(own, sample["sampler_logprobs_T"])) < 1e-4
     assert len((out / "rollouts" / "index.jsonl").read_text().splitlines()) == len(rows)
     for path in sorted((out / "rollouts").glob("step-*.jsonl")):
         step = int(path.stem.split("-")[1])
@@ -80,6 +88,9 @@ def test_max_lag_zero_reproduces_the_reference_loop(tiny_model, tmp_path):
     for p, r in zip(pipe_m, ref_m):
         assert p["loss/total"] == pytest.approx(r["loss/total"], rel=1e-4, abs=1e-6)
         assert p["mismatch/tokens"] == r["mismatch/tokens"]
+        # Synchronous: every token is on-policy and compared; fp32 leaves only rounding.
+        assert p["staleness/tokens"] == 0 and p["mismatch/tokens"] > 0
+        assert p["mismatch/max_abs_logprob_diff"] < 1e-4
 
 
 def test_a_sync_that_times_out_stops_the_run_with_one_clear_line(tiny_model, tmp_path):

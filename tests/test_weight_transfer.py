@@ -282,3 +282,33 @@ def test_new_requests_never_reuse_kv_from_old_weights(engine, tiny, original, ot
     reference = _hf_logprobs(tiny, other, long_prompt, fresh.token_ids)
     assert torch.tensor(fresh.logprobs).sub(reference).abs().max() < 0.05
     run(eng.update_weights(write_weights_file(original.items(), tmp_path, v + 2).path, v + 2))
+
+
+def test_a_sync_that_did_not_land_stops_with_one_line(engine, original, other, tmp_path):
+    """The publish says one thing, the engine loads another (its file was replaced under it):
+    the fingerprint read back differs and the reference loop's sync stops the run. The
+    pipeline's `_sync_weights` calls the same `check_landed`."""
+    from slipstream.errors import SlipstreamError
+    from slipstream.launch.reference_loop import sync_weights
+
+    eng, run = engine
+    v = eng.weight_version
+
+    class ReplacedFilePublisher:
+        def publish(self):
+            published = write_weights_file(other.items(), tmp_path, v + 1,
+                                           fingerprint_names_for(original))
+            write_weights_file(original.items(), tmp_path, v + 1)   # same path, old contents
+            return published
+
+    with pytest.raises(SlipstreamError, match=f"weight sync to version {v + 1} did not land on "
+                                              "the engine: fingerprint"):
+        run(sync_weights(ReplacedFilePublisher(), eng))
+    # Control: the same sync with the file left alone lands.
+    class Publisher:
+        def publish(self):
+            return write_weights_file(original.items(), tmp_path, v + 2,
+                                      fingerprint_names_for(original))
+
+    run(sync_weights(Publisher(), eng))
+    assert eng.weight_version == v + 2

@@ -163,7 +163,7 @@ class GapAccumulator:
 
     def metrics(self) -> dict[str, float]:
         """A figure over no token is left out, never written as 0: a step where every token was
-        stale and none was rescored has no mismatch/kl (DESIGN.md)."""
+        stale and none was rescored has no mismatch/kl (docs/ARCHITECTURE.md)."""
         metrics = {"mismatch/tokens": self.mismatch_tokens, "staleness/tokens": self.stale_tokens,
                    "staleness/max": self.staleness_max}
         if self.mismatch_tokens:

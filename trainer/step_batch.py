@@ -72,5 +72,5 @@ def build_step_batch(groups: Sequence[Group], pad_id: int, micro_batch_size: int
         samples=samples, groups=tuple(range(a, b) for a, b in zip(starts, starts[1:])),
         rewards_B=torch.tensor(rewards, dtype=torch.float64),
         shaped=loss.overlong == "shape" and rewards != [s.reward for s in samples],
-        filtered_B=filtered, mask_B_T=mask, sampler_B_T=sampler, micro=micro, total_tokens=int(kept.sum()),
-        total_sequences=len(samples), max_tokens=max_tokens)
+        filtered_B=filtered, mask_B_T=mask, sampler_B_T=sampler, micro=micro,
+        total_tokens=int(kept.sum()), total_sequences=len(samples), max_tokens=max_tokens)

@@ -6,7 +6,7 @@ With x = log ref - log pi on a token sampled from pi (so E_pi[e^x] = 1):
                                 second-order expansion, the "k2 as loss" choice of some recipes;
     k3 = e^x - x - 1            unbiased and never negative (a control variate on k1).
 (J. Schulman, "Approximating KL divergence", 2020.) `kl/ref` always reports k3, whatever the
-estimator the loss uses, so the curve means the same thing in every run (DESIGN.md).
+estimator the loss uses, so the curve means the same thing in every run (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
