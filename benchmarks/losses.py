@@ -119,10 +119,11 @@ def measure(model_path: str, args) -> dict[str, list[float]]:
             _time_step(with_ref, kl_config, groups, times["grpo+kl"])
             for name, budget in (("probe off", 0), ("probe 4", 4)):
                 main.loss, main.config.mismatch_probe = configs["grpo"], budget
-                main.publish()                        # keeps this version for the probe
-                stale = _restamp(groups, main.version - 1)
+                main.publish()                        # keeps this version's weights
+                sampled = main.version
+                main.train_step(_restamp(groups, sampled))     # the learner moves on
                 started = time.perf_counter()
-                main.train_step(stale)
+                main.train_step(_restamp(groups, sampled))     # now one version stale
                 times[name].append(time.perf_counter() - started)
     return times
 

@@ -5,14 +5,13 @@ settings raise one line; the configs reject bad values."""
 from __future__ import annotations
 
 import copy
-import os
-import socket
 
 import pytest
 import torch
 from pydantic import TypeAdapter, ValidationError
 
 from slipstream.launch.models import make_tiny_model
+from slipstream.trainer.learner import init_world_of_one
 from slipstream.trainer.optimizers import (AdamWConfig, MuonConfig, OptimizerConfig,
                                            OptimizerSettingError, build_optimizer,
                                            check_zero_stage, muon_parameter_names)
@@ -33,20 +32,13 @@ def world_of_one():
     """DeepSpeed wants torch.distributed even for one process; it initialises it once per process
     (deepspeed.initialize skips that when it is already up, e.g. from another test module)."""
     if not torch.distributed.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        if "MASTER_PORT" not in os.environ:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
-        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
-            os.environ.setdefault(key, value)
+        init_world_of_one()
     # DeepSpeed torch.compile's its muon_update; compiling it on a 2-core CPU per shape and dtype
     # costs more than this whole file. Eager runs the same arithmetic. One thread, as the learner
     # runs by default: on a shared 2-core machine two threads made Newton-Schulz 15x slower.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(torch._dynamo.config, "disable", True)
+    with torch._dynamo.config.patch(disable=True):   # torch's own, restored on exit
         yield
     torch.set_num_threads(threads)
 

@@ -42,7 +42,7 @@ from slipstream.trainer.weight_publish import (WeightsFile, remove_old_weight_fi
                                                write_weights_file)
 from slipstream.weight_fingerprint import fingerprint_names_for
 
-__all__ = ["Learner", "StepResult"]
+__all__ = ["Learner", "StepResult", "init_world_of_one"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class _Scored:
     values_B_T: torch.Tensor | None     # the value head's predictions (V_old)
 
 
-def _init_single_process_group() -> None:
+def init_world_of_one() -> None:
     """DeepSpeed wants torch.distributed even for one process; give it a world of one."""
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     if "MASTER_PORT" not in os.environ:
@@ -92,7 +92,7 @@ class Learner:
         if trainer.reference_model:
             self.reference = AutoModelForCausalLM.from_pretrained(model.path, dtype=dtype)
             self.reference.requires_grad_(False).eval()
-        _init_single_process_group()
+        init_world_of_one()
         optimizer = build_optimizer(trained, trainer.optimizer, trainer.lr)
         warmup = trainer.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -131,28 +131,28 @@ class Learner:
     def train_step(self, groups: list[Group]) -> StepResult:
         started = time.perf_counter()
         batch = build_step_batch(groups, self.pad_id, self.config.micro_batch_size, self.loss,
-                                 self.max_new_tokens)
-        if len(batch.samples) != self.samples_per_step:
-            raise ValueError(f"batch of {len(batch.samples)} samples, expected "
-                             f"{self.samples_per_step}")
-        scored = self._score_before_training(batch)
+                                 self.max_new_tokens, expected_samples=self.samples_per_step)
+        scored = self._score_before_training(batch)      # reference logprobs, values (PPO)
         advantages_B_T, returns_B_T = self._advantages(batch, scored)
-        record, probe_s = StepRecord(self.version, batch), 0.0
+        record = StepRecord(self.version, batch)
         self.engine.train()
         for rows, micro in batch.micro_batches():
             forward, out = self._train_micro_batch(batch, rows, micro, advantages_B_T,
-                                                   returns_B_T, scored)
-            probe_started = time.perf_counter()
-            own = self._own_version_logprobs(micro, forward.logprobs_B_T, record)
-            probe_s += time.perf_counter() - probe_started
-            record.add(micro, forward, out, own)
+                                                   returns_B_T, scored)  # loss, backward, step
+            record.add(micro, forward, out, self._own_version_logprobs(micro, forward, record))
         self.step += 1
+        return record.result(self.step, self.version, advantages_B_T,
+                             self._step_metrics(batch, started))
+
+    def _step_metrics(self, batch: StepBatch, started: float) -> dict[str, float]:
         elapsed = time.perf_counter() - started
-        return record.result(self.step, self.version, advantages_B_T, {
-            "optim/grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
-            "optim/lr": self.scheduler.get_last_lr()[0], "timing/step_s": elapsed,
-            "timing/mismatch_probe_s": probe_s,
-            "throughput/train_tokens_per_s": sum(s.num_tokens for s in batch.samples) / elapsed})
+        metrics = {"optim/lr": self.scheduler.get_last_lr()[0], "timing/step_s": elapsed,
+                   "throughput/train_tokens_per_s":
+                       sum(s.num_tokens for s in batch.samples) / elapsed}
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is not None:     # DeepSpeed may not compute it (no clipping): no figure
+            metrics["optim/grad_norm"] = float(grad_norm)
+        return metrics
 
     def _score_before_training(self, batch: StepBatch) -> _Scored:
         """Reference logprobs and values for the whole step, no gradient, before any update:
@@ -216,7 +216,7 @@ class Learner:
         self.engine.step()
         return forward, out
 
-    def _own_version_logprobs(self, micro: MicroBatch, logprobs_B_T: torch.Tensor,
+    def _own_version_logprobs(self, micro: MicroBatch, forward: TokenForward,
                               record: StepRecord) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Stale tokens rescored under their own version (every sequence in deterministic mode,
         `trainer.mismatch_probe` per step otherwise); None when nothing is kept for it."""
@@ -226,9 +226,11 @@ class Learner:
         budget = None if self.deterministic else self.config.mismatch_probe - record.probed
         if budget is not None and budget <= 0:
             return None
-        own, ok, scored = self.replay.own_version_logprobs(micro, logprobs_B_T, self.version,
-                                                           self.temperature, budget)
+        started = time.perf_counter()
+        own, ok, scored = self.replay.own_version_logprobs(
+            micro, forward.logprobs_B_T, self.version, self.temperature, budget)
         record.probed += scored
+        record.probe_s += time.perf_counter() - started
         return own, ok
 
     def publish(self) -> WeightsFile:

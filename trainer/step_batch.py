@@ -46,8 +46,10 @@ class StepBatch:
 
 
 def build_step_batch(groups: Sequence[Group], pad_id: int, micro_batch_size: int,
-                     loss: LossConfigBase, max_tokens: int) -> StepBatch:
+                     loss: LossConfigBase, max_tokens: int, expected_samples: int) -> StepBatch:
     samples = tuple(s for g in groups for s in g.samples)
+    if len(samples) != expected_samples:
+        raise ValueError(f"batch of {len(samples)} samples, expected {expected_samples}")
     starts = [0]
     for g in groups:
         starts.append(starts[-1] + len(g.samples))

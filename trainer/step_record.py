@@ -28,6 +28,7 @@ class StepRecord:
         self.batch = batch
         self.learner_version = learner_version    # the weights that recompute the logprobs
         self.probed = 0                           # sequences rescored under their own version
+        self.probe_s = 0.0                        # and the seconds that took
         self.gap = GapAccumulator(learner_version)
         self.sums: dict[str, float] = {"loss/total": 0.0}
         self.entropy_sum = 0.0
@@ -73,6 +74,7 @@ class StepRecord:
             metrics["loss/overlong_filtered"] = int(batch.filtered_B.sum())
         if self.probed:
             metrics["mismatch/probed_sequences"] = self.probed
+            metrics["timing/mismatch_probe_s"] = self.probe_s
         if batch.shaped:
             metrics["reward/shaped_mean"] = float(batch.rewards_B.mean())
         trained = []
