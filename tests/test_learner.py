@@ -197,3 +197,25 @@ def test_muon_trains_through_the_learner(tiny, tmp_path):
     # the same batch: 0.35). Newton-Schulz leaves the weakest gradient directions short of 1.
     singular = torch.linalg.svdvals((hidden.detach() - before_hidden).double())
     assert singular[9] > 0.8 * singular[0]
+
+
+def test_an_inherited_master_port_in_use_does_not_break_the_learners_world(tmp_path):
+    """A shell (torchrun, SLURM, a test process that ran a learner) may export MASTER_PORT for a
+    port some other process holds; the learner's world of one must pick its own."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(busy.getsockname()[1]),
+               "RANK": "0", "WORLD_SIZE": "1"}
+        code = ("import slipstream, torch.distributed as d\n"
+                "from slipstream.trainer.learner import init_world_of_one\n"
+                "init_world_of_one(); d.init_process_group('gloo'); print(d.get_world_size())")
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "1"

@@ -31,8 +31,7 @@ def tiny_path(tmp_path_factory):
 def world_of_one():
     """DeepSpeed wants torch.distributed even for one process; it initialises it once per process
     (deepspeed.initialize skips that when it is already up, e.g. from another test module)."""
-    if not torch.distributed.is_initialized():
-        init_world_of_one()
+    init_world_of_one()
     # DeepSpeed torch.compile's its muon_update; compiling it on a 2-core CPU per shape and dtype
     # costs more than this whole file. Eager runs the same arithmetic. One thread, as the learner
     # runs by default: on a shared 2-core machine two threads made Newton-Schulz 15x slower.

@@ -54,14 +54,19 @@ class _Scored:
 
 
 def init_world_of_one() -> None:
-    """DeepSpeed wants torch.distributed even for one process; give it a world of one."""
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
-    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
-        os.environ.setdefault(key, value)
+    """DeepSpeed wants torch.distributed even for one process; give it a world of one, on a
+    free port. The values are set, not defaulted: a MASTER_PORT inherited from the shell (a
+    torchrun or SLURM environment, or a test process that ran a learner) may name a port in use,
+    and the learner would die binding it. Nothing to do once torch.distributed is up."""
+    import torch.distributed
+
+    if torch.distributed.is_initialized():
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0",
+                      WORLD_SIZE="1")
 
 
 class Learner:
