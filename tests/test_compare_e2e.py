@@ -1,6 +1,7 @@
-"""The playground end to end on the tiny random model: two arms (a loss kind and a user-defined
-arm) x 1 seed x 2 steps, each trained by the real pipeline and evaluated, then the same command
-again, which finds every result and trains nothing."""
+"""The playground end to end on the tiny random model: two arms (a loss kind, and a user-defined
+arm that trains with Muon at another learning rate) x 1 seed x 2 steps, each trained by the real
+pipeline and evaluated, then the same command again, which finds every result and trains
+nothing. ZeRO 0 for every arm: Muon under ZeRO 1/2 cannot keep gradient clipping."""
 
 import json
 import time
@@ -9,8 +10,8 @@ import pytest
 from e2e_helpers import launch
 
 pytestmark = pytest.mark.e2e
-ARGS = ("--recipes", "grpo", "--arm", "fast=--trainer.lr 3e-3", "--seeds", "1", "--steps", "2",
-        "--eval-count", "8")
+ARGS = ("--recipes", "grpo", "--arm", "fast=--trainer.lr 3e-3 --trainer.optimizer.kind muon",
+        "--seeds", "1", "--steps", "2", "--eval-count", "8", "--trainer.zero-stage", "0")
 
 
 def test_compare_two_arms_then_a_rerun_skips_them(tiny_model, tmp_path):
@@ -24,7 +25,7 @@ def test_compare_two_arms_then_a_rerun_skips_them(tiny_model, tmp_path):
     rows = [line for line in report.splitlines() if line.startswith(("| grpo |", "| fast |"))]
     assert len(rows) == 2 and all(" | 1/1 | " in row for row in rows), rows
     assert "Budget: 2 learner steps per run" in report
-    assert "--arm 'fast=--trainer.lr 3e-3'" in report     # the command line that made it
+    assert "--arm 'fast=--trainer.lr 3e-3 --trainer.optimizer.kind muon'" in report  # the command
     assert "grpo vs fast: within noise" in report     # one seed: never called real
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for arm, lr in (("grpo", 1e-3), ("fast", 3e-3)):
@@ -34,6 +35,7 @@ def test_compare_two_arms_then_a_rerun_skips_them(tiny_model, tmp_path):
         assert result["samples_per_step"] == 2 * 4
         config = json.loads((out / "runs" / f"{arm}-seed0" / "config.json").read_text())
         assert config["trainer"]["lr"] == lr and config["seed"] == 0
+        assert config["trainer"]["optimizer"]["kind"] == ("muon" if arm == "fast" else "adamw")
         log = (out / "runs" / f"{arm}-seed0.log").read_text()
         assert "held-out accuracy" in log      # the evaluation's output is appended
 

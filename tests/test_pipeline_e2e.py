@@ -11,6 +11,9 @@ import sys
 
 import pytest
 from e2e_helpers import ROOT, launch, read_metrics, read_tensorboard
+from test_losses_e2e import RECIPES
+
+from slipstream.trainer.losses.base import MASKING_REASONS
 
 pytestmark = pytest.mark.e2e
 DESIGN_TAGS = {"reward/mean", "mismatch/kl", "mismatch/max_abs_logprob_diff", "mismatch/tokens",
@@ -22,7 +25,11 @@ DESIGN_TAGS = {"reward/mean", "mismatch/kl", "mismatch/max_abs_logprob_diff", "m
 
 def test_async_pipeline_runs_syncs_and_fills_the_run_directory(tiny_model, tmp_path):
     out = tmp_path / "run"
-    result = launch("quickstart.py", tiny_model, out, "--steps", "3", "--buffer.max-lag", "1")
+    # GRPO with an IcePop band tight enough that stale tokens leave it (tests/test_losses_e2e.py
+    # runs the other recipes this way).
+    flags, reason, _ = RECIPES["grpo"]
+    result = launch("quickstart.py", tiny_model, out, "--steps", "3", "--buffer.max-lag", "1",
+                    *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mean reward: first 3 steps" in result.stdout
     for name in ("config.json", "tb", "rollouts", "buffer", "checkpoints", "final"):
@@ -59,10 +66,13 @@ def test_async_pipeline_runs_syncs_and_fills_the_run_directory(tiny_model, tmp_p
         # What the inspector reads: per-token strings, weights, masks and reasons.
         assert len(sample["token_texts_T"]) == len(row["importance_weights_T"]) == n
         assert len(row["masked_T"]) == len(row["mask_reasons_T"]) == n
+        assert row["masked_T"] == [r in MASKING_REASONS for r in row["mask_reasons_T"]]
         assert sample["prefix_recomputed"] is False
         own = row["own_version_logprobs_T"]       # set for samples the probe rescored whole
         if own is not None:
             assert max(abs(a - b) for a, b in zip(own, sample["sampler_logprobs_T"])) < 1e-4
+    assert reason in {r for row in rows for r in row["mask_reasons_T"]}
+    assert any("mismatch/icepop_masked_frac" in m for m in read_metrics(out))
     assert len((out / "rollouts" / "index.jsonl").read_text().splitlines()) == len(rows)
     for path in sorted((out / "rollouts").glob("step-*.jsonl")):
         step = int(path.stem.split("-")[1])
