@@ -3,6 +3,8 @@ micro-batch invariance of a whole step's gradient, PPO's value head, the stale-t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -17,6 +19,7 @@ from slipstream.trainer.logprobs import collate, token_logprobs
 from slipstream.trainer.value_head import PolicyWithValue
 
 GROUP = 4
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -122,17 +125,34 @@ def test_ppo_trains_a_value_head_publishes_only_the_policy_and_saves_both(tiny, 
     assert set(head) == {"weight", "bias"} and head["weight"].abs().sum() > 0
 
 
-def test_a_model_with_no_hidden_size_has_nothing_to_attach_a_value_head_to():
-    class NoHidden(torch.nn.Module):
-        class config:                      # noqa: N801 - stands in for a Hugging Face config
-            @staticmethod
-            def to_dict():
-                return {"d_model": 8}
+def test_a_model_with_no_hidden_size_has_nothing_to_attach_a_value_head_to(tmp_path, tiny):
+    from transformers import LlavaConfig
 
-        dtype = torch.float32
+    from slipstream.trainer.value_head import check_value_head_fits
 
-    with pytest.raises(SlipstreamError, match="names no hidden_size"):
-        PolicyWithValue(NoHidden())
+    LlavaConfig().save_pretrained(tmp_path / "llava")     # hidden size only in its text_config
+    with pytest.raises(SlipstreamError, match="needs a value head .* has no hidden_size"):
+        check_value_head_fits(str(tmp_path / "llava"))
+    check_value_head_fits(tiny)                          # Qwen2: fine
+
+
+def test_a_ppo_run_on_such_a_model_stops_in_one_line_before_anything_starts(tmp_path):
+    import subprocess
+    import sys
+
+    from transformers import LlavaConfig
+
+    from slipstream.launch.models import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "m")
+    LlavaConfig().save_pretrained(model)                 # the same files, a config without one
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "quickstart.py"), "--model.path", str(model),
+         "--output-dir", str(tmp_path / "run"), "--trainer.loss.kind", "ppo"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "slipstream: trainer.loss.kind=ppo needs a value head")
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])

@@ -23,16 +23,31 @@ class ValueOutput:
     values_B_L: torch.Tensor     # (B, L) the value head at every position
 
 
+def value_head_width(config, model_name: str) -> int:
+    """The hidden size a value head attaches to, from a Hugging Face config; one line when the
+    model has none at its top (a vision-language model keeps it in a sub-config). Read as an
+    attribute, not from to_dict(): configs alias it (GPT-2's n_embd, T5's d_model)."""
+    hidden = getattr(config, "hidden_size", None)   # a Hugging Face config, not one of ours
+    if not isinstance(hidden, int):
+        raise SlipstreamError(
+            f"trainer.loss.kind=ppo needs a value head on the model's last hidden state, but "
+            f"{model_name} ({type(config).__name__}) has no hidden_size")
+    return hidden
+
+
+def check_value_head_fits(model_path: str) -> None:
+    """Before any actor starts: the model at `model_path` has a hidden state to attach to."""
+    from transformers import AutoConfig
+
+    value_head_width(AutoConfig.from_pretrained(model_path), model_path)
+
+
 class PolicyWithValue(nn.Module):
     """`policy` (a Hugging Face causal LM) and `value_head`, one module for DeepSpeed."""
 
     def __init__(self, policy: nn.Module) -> None:
         super().__init__()
-        hidden = policy.config.to_dict().get("hidden_size")
-        if not isinstance(hidden, int):
-            raise SlipstreamError(
-                f"trainer.loss.kind=ppo needs a value head on the model's last hidden state, but "
-                f"{type(policy).__name__} names no hidden_size in its config")
+        hidden = value_head_width(policy.config, type(policy).__name__)
         self.policy = policy
         self.value_head = nn.Linear(hidden, 1, dtype=policy.dtype)
         nn.init.zeros_(self.value_head.weight)
