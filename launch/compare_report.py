@@ -254,7 +254,10 @@ def definitions(auc_over: str) -> str:
         "Each cell: mean over seeds, then (min–max over seeds).",
         "* held-out accuracy: greedy accuracy of DIR/runs/<arm>-seed<k>/final on the env's "
         "held-out problems (launch/evaluate.py), the same problems for every run;",
-        f"* reward AUC: {auc};",
+        f"* reward AUC: {auc}, where a step's reward is the mean over the samples it trained "
+        "on (`reward/mean`): an arm with dynamic sampling (dapo) trains only on groups whose "
+        "rewards differ, so its reward is higher by construction and held-out accuracy is the "
+        "fair comparison;",
         "* samples/s: trained samples per step x steps / wall time;",
         "* wall time: timing/wall_s of the last step (run directory created to last step, "
         "engine start-up included, the final save not)."])

@@ -16,7 +16,7 @@ from slipstream.model_config import ModelConfig
 from slipstream.trainer.config import TrainerConfig
 from slipstream.trainer.learner import Learner
 from slipstream.trainer.logprobs import collate, token_logprobs
-from slipstream.trainer.value_head import PolicyWithValue
+from slipstream.trainer.value_head import VALUE_HEAD_FILE, PolicyWithValue
 
 GROUP = 4
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,8 +121,12 @@ def test_ppo_trains_a_value_head_publishes_only_the_policy_and_saves_both(tiny, 
     assert published.keys() == dict(learner.policy.named_parameters()).keys()
     final = tmp_path / "final"
     learner.save_final(str(final))
-    head = load_file(str(final / "value_head.safetensors"))
+    head = load_file(str(final / VALUE_HEAD_FILE))
     assert set(head) == {"weight", "bias"} and head["weight"].abs().sum() > 0
+    # vLLM loads every top-level *.safetensors of a model folder as the model's own weights
+    policy_names = set(dict(learner.policy.named_parameters()))
+    for weights in final.glob("*.safetensors"):
+        assert set(load_file(str(weights))) <= policy_names, weights.name
 
 
 def test_a_model_with_no_hidden_size_has_nothing_to_attach_a_value_head_to(tmp_path, tiny):

@@ -36,7 +36,7 @@ from slipstream.trainer.numerics import batch_invariant
 from slipstream.trainer.optimizers import build_optimizer
 from slipstream.trainer.step_batch import StepBatch, build_step_batch
 from slipstream.trainer.step_record import StepRecord, StepResult
-from slipstream.trainer.value_head import PolicyWithValue
+from slipstream.trainer.value_head import VALUE_HEAD_FILE, PolicyWithValue
 from slipstream.trainer.version_replay import VersionReplay
 from slipstream.trainer.weight_publish import (WeightsFile, remove_old_weight_files,
                                                write_weights_file)
@@ -259,13 +259,15 @@ class Learner:
 
     def save_final(self, directory: str) -> str:
         """The policy in Hugging Face format (loadable by vLLM and transformers), and PPO's value
-        head beside it."""
+        head in a subfolder (VALUE_HEAD_FILE), where neither loader reads it."""
         self.policy.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         module = self.engine.module
         if isinstance(module, PolicyWithValue):
             from safetensors.torch import save_file
 
+            head_file = Path(directory) / VALUE_HEAD_FILE
+            head_file.parent.mkdir(parents=True, exist_ok=True)
             save_file({k: v.detach().contiguous() for k, v in module.value_head.state_dict()
-                       .items()}, str(Path(directory) / "value_head.safetensors"))
+                       .items()}, str(head_file))
         return directory

@@ -4,7 +4,8 @@ One backbone for policy and value (as most LLM PPO implementations share it): th
 hidden state of the position that predicts token t, the same row whose logits give the token's
 logprob, so V_t is the value of the state before token t. The head starts at zero (V = 0), so
 GAE begins as a discounted Monte-Carlo return and the critic learns from there. It is never sent
-to the rollout workers and is saved beside the policy (`value_head.safetensors`).
+to the rollout workers and is saved in a folder of its own inside the policy's
+(`VALUE_HEAD_FILE`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ import torch
 from torch import nn
 
 from slipstream.errors import SlipstreamError
+
+
+# A subfolder, not a file beside model.safetensors: vLLM loads every top-level *.safetensors of a
+# model folder as the model's weights and fails on the head's `weight`/`bias` (a playground run's
+# evaluation did); transformers reads only model.safetensors either way.
+VALUE_HEAD_FILE = "value_head/value_head.safetensors"
 
 
 @dataclass

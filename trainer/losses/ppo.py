@@ -14,8 +14,8 @@ V_old are the values at the start of the step (a no-grad pass over the batch bef
 which also gives the GAE advantages): with one optimizer step per batch V = V_old at the start, so
 the value clip c only binds when a batch is trained on more than once (off-policy reuse). The
 value head is a linear layer on the policy's final hidden state, trained with it (one backbone,
-as in most LLM PPO implementations that share it); it is saved beside the policy as
-`value_head.safetensors` and is not sent to the rollout workers.
+as in most LLM PPO implementations that share it); it is saved inside the policy's folder as
+`value_head/value_head.safetensors` and is not sent to the rollout workers.
 """
 
 from __future__ import annotations
