@@ -27,7 +27,7 @@ _ANSWERS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: 
 class ArithmeticEnvConfig(BaseModel):
     """Seedable two-operand arithmetic problems, asked as one user message."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: Literal["arithmetic"] = Field("arithmetic", description="Selects this env.")
     digits: int = Field(2, ge=1, le=9, description="Digits of each operand.")

@@ -44,7 +44,7 @@ def sample_gsm8k_path() -> str:
 class JsonlEnvConfig(BaseModel):
     """Problems read from a JSON Lines file (GSM8K's format by default)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: Literal["jsonl"] = Field("jsonl", description="Selects this env.")
     path: str = Field(default_factory=sample_gsm8k_path, description=(

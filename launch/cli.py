@@ -23,8 +23,9 @@ from slipstream.launch.config import RunConfig
 class _CliRunConfig(RunConfig, BaseSettings):
     """RunConfig as a settings class: only its CLI parsing is used, never environment variables."""
 
-    model_config = SettingsConfigDict(extra="forbid", cli_kebab_case=True,
-                                      cli_exit_on_error=False, cli_implicit_flags=False)
+    model_config = SettingsConfigDict(extra="forbid", allow_inf_nan=False,
+                                      cli_kebab_case=True, cli_exit_on_error=False,
+                                      cli_implicit_flags=False)
 
 
 def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ __all__ = ["BufferConfig", "ModelConfig", "RolloutConfig", "RunConfig", "Trainer
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
 
 
 class RunConfig(_Strict):

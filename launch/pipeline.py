@@ -5,16 +5,18 @@
                             reward runner)               max_lag, eviction,      HF causal LM,
                                  ^                       snapshots)              losses)
                                  |                                                  |
-                                 +--- weights v+1: one tmpfs file, loaded in place -+
+                                 +--- weights v+1, loaded in place ----------------+
+                                      (tmpfs file, broadcasts, or CUDA IPC: placement.py)
 
 Loops and what unblocks them:
 * each worker, `groups_in_flight` times over: waits for a ticket (the buffer grants one when the
   staleness bound and capacity allow), generates and scores a group, puts it in the buffer;
 * the learner (driven from here): waits for a batch of `groups_per_step` groups within the
   staleness bound, trains one step, and every `sync_every` steps publishes its weights;
-* a publish pauses each engine (in-flight requests kept), loads the weights, bumps the version,
-  resumes, and reads a fingerprint back; only then does the buffer learn the new rollout version,
-  which releases the tickets of later steps.
+* a publish is the learner's own call (vLLM's trainer-side protocol, trainer/weight_transfer.py):
+  it pauses each engine (in-flight requests kept), sends the weights, bumps the version, resumes,
+  and checks the fingerprint each engine reads back; only then does the buffer learn the new
+  rollout version, which releases the tickets of later steps.
 
 The run stops when `steps` is reached, on Ctrl-C, or when any actor fails: the failing actor's
 error is what the user sees; every actor is shut down and every file flushed on the way out.
@@ -36,12 +38,14 @@ from slipstream.envs import build_env
 from slipstream.errors import SlipstreamError
 from slipstream.launch.config import RunConfig
 from slipstream.launch.metrics import batch_metrics
+from slipstream.launch.placement import Placement, check_hosts, plan
 from slipstream.launch.run_dir import RunDirectory, learner_args, resolved_model, reward_summary
 from slipstream.model_config import ModelConfig
 from slipstream.rewards import build_reward
+from slipstream.rollout.sync_client import RayWorkersClient
 from slipstream.rollout.worker import RolloutWorker
 from slipstream.trainer.learner import Learner
-from slipstream.trainer.weight_publish import check_landed, remove_weights_dir
+from slipstream.trainer.weight_publish import remove_weights_dir
 
 _POLL_S = 1.0
 
@@ -88,43 +92,49 @@ def _await(ref: ray.ObjectRef, actors: Actors, timeout_s: float | None = None,
 
 
 def _start_actors(config: RunConfig, model: ModelConfig, run: RunDirectory,
-                  learner_kwargs: dict) -> Actors:
+                  learner_kwargs: dict, placement: Placement) -> Actors:
     loss = config.trainer.loss
     max_drops = loss.dynamic_sampling_max_batches * config.trainer.groups_per_step \
         if loss.dynamic_sampling else None
     buffer = ReplayBufferActor.remote(config.buffer, config.trainer.groups_per_step,
                                       str(run.buffer), max_uniform_drops=max_drops)
-    learner = ray.remote(Learner).options(num_cpus=0).remote(config.trainer, model,
-                                                             **learner_kwargs)
-    workers = [RolloutWorker.options(num_cpus=config.rollout.cpus_per_worker).remote(
+    learner = ray.remote(Learner).options(
+        num_cpus=0, num_gpus=placement.learner_gpus).remote(config.trainer, model,
+                                                            **learner_kwargs)
+    workers = [RolloutWorker.options(num_cpus=config.rollout.cpus_per_worker,
+                                     num_gpus=placement.worker_gpus).remote(
                    model, config.rollout, config.env, config.reward, buffer, seed=config.seed,
-                   deterministic=config.deterministic, worker_id=worker_id)
+                   deterministic=config.deterministic, worker_id=worker_id,
+                   weight_transfer=placement.engine_backend)
                for worker_id in range(config.rollout.num_workers)]
     actors = Actors(buffer, learner, workers, runs=[])
     ready = [w.start.remote() for w in workers] + [learner.ready.remote()]
     for ref in ready:
         _await(ref, actors, what="starting the actors")
+    check_hosts(placement.transfer, _await(learner.node_id.remote(), actors),
+                [_await(w.node_id.remote(), actors) for w in workers])
+    client = RayWorkersClient(workers, timeout_s=config.trainer.sync_timeout_s)
+    _await(learner.connect.remote(client, placement.transfer), actors,
+           what=f"joining the {placement.transfer} weight transfer")
     actors.runs = [w.run.remote() for w in workers]
     return actors
 
 
 def _sync_weights(actors: Actors, config: RunConfig) -> dict[str, float]:
-    """Publish, load into every worker, verify the fingerprint, then release newer tickets."""
+    """Publish into every worker (the learner checks each fingerprint), then release newer
+    tickets. The learner bounds each of its waits by trainer.sync_timeout_s; the backstop here
+    only catches a learner that stopped answering altogether."""
     started = time.perf_counter()
-    weights = _await(actors.learner.publish.remote(), actors, what="publishing weights")
-    refs = [w.update_weights.remote(weights.path, weights.version, weights.fingerprint_names)
-            for w in actors.workers]
-    timeout = config.trainer.sync_timeout_s
-    results = [_await(ref, actors, timeout, what=f"weight sync to version {weights.version} "
-                      f"(trainer.sync_timeout_s)") for ref in refs]
-    for worker_id, result in enumerate(results):
-        check_landed(weights, result["fingerprint"], f"worker {worker_id}")
-    _await(actors.buffer.set_rollout_version.remote(weights.version), actors)
-    sync_s = max(r["seconds"] for r in results)
+    published = _await(actors.learner.publish.remote(), actors,
+                       timeout_s=5 * config.trainer.sync_timeout_s,
+                       what=f"weight sync to version {actors.learner_version} "
+                            "(5 x trainer.sync_timeout_s)")
+    _await(actors.buffer.set_rollout_version.remote(published.version), actors)
+    sync_s = max(published.engine_seconds)
     return {"timing/weight_sync_s": sync_s,
-            "timing/weight_sync_s_per_gb": sync_s / (weights.nbytes / 1e9),
+            "timing/weight_sync_s_per_gb": sync_s / (published.nbytes / 1e9),
             "timing/publish_s": time.perf_counter() - started,
-            "rollout/weight_version": weights.version}
+            "rollout/weight_version": published.version}
 
 
 def _shutdown(actors: Actors | None) -> None:
@@ -183,6 +193,18 @@ def _train(config: RunConfig, actors: Actors, run: RunDirectory) -> None:
     _await(actors.learner.save_final.remote(str(run.final)), actors)
 
 
+def _init_ray(config: RunConfig, env_vars: dict[str, str]) -> None:
+    """A Ray cluster of this machine alone, or the running cluster named by RAY_ADDRESS (a run
+    spanning nodes: docs/ARCHITECTURE.md, "Across nodes")."""
+    common = {"log_to_driver": True, "configure_logging": False,
+              "runtime_env": {"env_vars": env_vars}}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], **common)
+    else:
+        ray.init(num_cpus=max(os.cpu_count() or 1, 2) + config.rollout.num_workers,
+                 include_dashboard=False, **common)
+
+
 def run(config: RunConfig) -> RunDirectory:
     """Run the asynchronous pipeline to `config.steps` learner steps (or its wall-clock
     budget); returns the run directory (its `history` holds every step's metrics)."""
@@ -193,13 +215,13 @@ def run(config: RunConfig) -> RunDirectory:
     # vLLM's INFO and WARNING lines would drown the progress bar; its errors still show.
     env_vars = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
                 "TOKENIZERS_PARALLELISM": "false"}
-    ray.init(num_cpus=max(os.cpu_count() or 1, 2) + config.rollout.num_workers,
-             include_dashboard=False, log_to_driver=True, configure_logging=False,
-             runtime_env={"env_vars": env_vars})
+    _init_ray(config, env_vars)
     learner_kwargs = learner_args(config, run_dir.path)
     actors = None
     try:
-        actors = _start_actors(config, model, run_dir, learner_kwargs)
+        placement = plan(config, ray.cluster_resources().get("GPU", 0))
+        print(f"slipstream: {placement.describe(config.rollout.num_workers)}", flush=True)
+        actors = _start_actors(config, model, run_dir, learner_kwargs, placement)
         _train(config, actors, run_dir)
     finally:
         _shutdown(actors)

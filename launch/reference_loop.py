@@ -34,18 +34,18 @@ from slipstream.launch.metrics import batch_metrics
 from slipstream.launch.quickstart import DEFAULTS as QUICKSTART
 from slipstream.launch.run_dir import RunDirectory, learner_args, resolved_model, reward_summary
 from slipstream.rewards import RewardRunner, build_reward
-from slipstream.rollout.engine_api import Engine, build_engine
+from slipstream.rollout.engine_api import build_engine
 from slipstream.rollout.group import generate_group
+from slipstream.rollout.sync_client import LocalEnginesClient
 from slipstream.trainer.learner import Learner
-from slipstream.trainer.weight_publish import check_landed, remove_weights_dir
+from slipstream.trainer.weight_publish import remove_weights_dir
 
 
-async def sync_weights(learner: Learner, engine: Engine) -> float:
-    """Publish the learner's weights into the engine and check that they landed."""
-    weights = learner.publish()
-    seconds = await engine.update_weights(weights.path, weights.version)
-    check_landed(weights, await engine.fingerprint(weights.fingerprint_names), "the engine")
-    return seconds
+async def sync_weights(learner: Learner) -> float:
+    """Publish the learner's weights into the engine (the learner checks that they landed);
+    on a thread, because the engine answers the learner's client on this event loop."""
+    published = await asyncio.to_thread(learner.publish)
+    return published.engine_seconds[0]
 
 
 async def generate_batch(config: RunConfig, first_ticket: int, generate) -> tuple[list, int]:
@@ -81,6 +81,10 @@ async def reference_loop(config: RunConfig) -> RunDirectory:
     next_ticket = 0
     try:
         await engine.start()
+        # The synchronous reference moves weights by file, as deterministic mode needs.
+        client = LocalEnginesClient([engine], asyncio.get_running_loop(),
+                                    timeout_s=config.trainer.sync_timeout_s)
+        await asyncio.to_thread(learner.connect, client, "shm")
         tokenizer = learner.tokenizer
 
         def generate(ticket: int):
@@ -99,7 +103,7 @@ async def reference_loop(config: RunConfig) -> RunDirectory:
                      "throughput/rollout_tokens_per_s": generated / rollout_s}
             metrics = run.record(result, extra)
             if result.step % config.trainer.sync_every == 0 and result.step < config.steps:
-                last_sync = {"timing/weight_sync_s": await sync_weights(learner, engine),
+                last_sync = {"timing/weight_sync_s": await sync_weights(learner),
                              "rollout/weight_version": engine.weight_version}
             if config.progress:
                 gap = metrics.get("mismatch/kl")

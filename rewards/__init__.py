@@ -23,7 +23,7 @@ _TIMEOUT = Field(5.0, gt=0, description=(
 class MathVerifyRewardConfig(BaseModel):
     """1.0 when math-verify finds the completion's answer equal to the reference, else 0.0."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: Literal["math_verify"] = Field("math_verify", description="Selects this reward.")
     timeout_s: float = _TIMEOUT
@@ -32,7 +32,7 @@ class MathVerifyRewardConfig(BaseModel):
 class PythonRewardConfig(BaseModel):
     """A reward of one's own: any module-level function, run like math_verify."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: Literal["python"] = Field("python", description="Selects this reward.")
     function: str = Field(..., pattern=r"^[\w.]+:\w+$", description=(

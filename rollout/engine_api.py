@@ -56,19 +56,31 @@ class Engine(Protocol):
     async def update_weights(self, weights: str | PathLike | Mapping[str, Any],
                              version: int) -> float: ...
 
+    # vLLM's update protocol step by step, as rollout/sync_client.py drives it.
+    async def init_weight_transfer(self, init_info: Mapping[str, Any]) -> None: ...
+
+    async def begin_update(self) -> None: ...
+
+    async def receive_weights(self, update_info: Mapping[str, Any], version: int) -> None: ...
+
+    async def finish_update(self, version: int) -> float: ...
+
+    async def abort_update(self) -> None: ...
+
     async def fingerprint(self, names: Iterable[str]) -> dict[str, float]: ...
 
     async def shutdown(self) -> None: ...
 
 
 def build_engine(model: ModelConfig, rollout: RolloutConfig, seed: int,
-                 deterministic: bool = False) -> Engine:
-    """vLLM, or the reference sampler in deterministic mode. `model.path` must be resolved (a
-    local directory or a hub name; launch/models.py resolve_model)."""
+                 deterministic: bool = False, weight_transfer: str = "slipstream_shm") -> Engine:
+    """vLLM, or the reference sampler in deterministic mode (which takes weights by file only).
+    `model.path` must be resolved (a local directory or a hub name; launch/models.py
+    resolve_model); `weight_transfer` is the vLLM backend the engine is built for."""
     if deterministic:
         from slipstream.rollout.reference_sampler import ReferenceEngine
 
         return ReferenceEngine(model, seed)
     from slipstream.rollout.engine import VLLMEngine
 
-    return VLLMEngine(model, rollout, seed)
+    return VLLMEngine(model, rollout, seed, weight_transfer)

@@ -127,6 +127,7 @@ class ReferenceEngine:
         self._cache: SlotCache | None = None
         self._active: list[_Request] = []        # row i holds _active[i]
         self._pending: list[_Request] = []
+        self._pending_file: str | None = None   # a received weights file, loaded at finish
         self._version = 0
         self._tokens_generated = 0
         self._step_lock = asyncio.Lock()
@@ -289,6 +290,27 @@ class ReferenceEngine:
                 request.done.set_result(None)
 
     # -- weights ----------------------------------------------------------------------------
+    # The three steps of vLLM's update protocol (rollout/sync_client.py drives them); this
+    # sampler takes weights by file only, and loads them at `finish_update`.
+    async def init_weight_transfer(self, init_info) -> None:
+        raise ValueError("the reference sampler (deterministic mode) takes weights by file "
+                         "only: use trainer.weight_transfer shm")
+
+    async def begin_update(self) -> None:
+        self._pending_file = None
+
+    async def receive_weights(self, update_info, version: int) -> None:
+        if "path" not in update_info:
+            raise ValueError("the reference sampler (deterministic mode) takes weights by file "
+                             "only: use trainer.weight_transfer shm")
+        self._pending_file = update_info["path"]
+
+    async def finish_update(self, version: int) -> float:
+        return await self.update_weights(self._pending_file, version)
+
+    async def abort_update(self) -> None:
+        self._pending_file = None    # nothing was loaded yet: it loads at finish
+
     async def update_weights(self, weights, version: int) -> float:
         """Load a published weights file in place as `version`, between two steps, then
         recompute the KV of every request in flight under the new weights."""

@@ -1,4 +1,6 @@
-"""Moving weights into a running vLLM engine on the CPU: the `slipstream_shm` backend.
+"""Moving weights into a running vLLM engine on the CPU: the `slipstream_shm` backend, and what
+every slipstream receiver shares (`ReloadingEngineMethods`; the other receiver is
+rollout/collective_transfer.py).
 
 None of vLLM's built-in weight-transfer backends runs without CUDA (`nccl`, `ipc` and the rest
 need a GPU), so slipstream registers its own with vLLM's `WeightTransferEngineFactory`. It must
@@ -50,6 +52,7 @@ from typing import Any
 import torch
 
 BACKEND = "slipstream_shm"
+COLLECTIVE_BACKEND = "slipstream_collective"
 _ENGINE_CLASS = "SlipstreamShmWeightTransferEngine"
 _log = logging.getLogger(__name__)
 
@@ -106,15 +109,18 @@ def check_schema(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tu
 # ---------------------------------------------------------------- registration
 
 def register() -> None:
-    """Register `slipstream_shm` with vLLM. Idempotent: vLLM raises on a duplicate name, and
-    this runs both as an entry point and on import of the worker extension."""
+    """Register slipstream's receivers with vLLM: `slipstream_shm` (here) and
+    `slipstream_collective` (rollout/collective_transfer.py). Idempotent: vLLM raises on a
+    duplicate name, and this runs both as an entry point and on import of the worker extension."""
     from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
     # `_registry` is the factory's only way to ask; pinned vLLM (0.32/0.33) keeps it a dict.
-    if BACKEND in WeightTransferEngineFactory._registry:
-        return
-    # Lazy form: the class (which imports vLLM) is built only when a worker creates the engine.
-    WeightTransferEngineFactory.register_engine(BACKEND, __name__, _ENGINE_CLASS)
+    # Lazy form: a class (which imports vLLM) is built only when a worker creates the engine.
+    for name, module, cls in ((BACKEND, __name__, _ENGINE_CLASS),
+                              (COLLECTIVE_BACKEND, "slipstream.rollout.collective_transfer",
+                               "SlipstreamCollectiveWeightTransferEngine")):
+        if name not in WeightTransferEngineFactory._registry:
+            WeightTransferEngineFactory.register_engine(name, module, cls)
 
 
 def __getattr__(name: str) -> Any:
@@ -140,9 +146,10 @@ def _refresh_tied_lm_head(model: torch.nn.Module) -> None:
         lm_head.quant_method.process_weights_after_loading(lm_head)
 
 
-class _ShmEngineMethods:
-    """What the `slipstream_shm` engine does. `_build_engine_class` puts it in front of vLLM's
-    `WeightTransferEngine` on first use, so that this module imports without vLLM."""
+class ReloadingEngineMethods:
+    """What every slipstream receiver shares: the model's own checkpoint schema read at start,
+    vLLM's layerwise reload opened only once the incoming names and shapes passed their check
+    and always closed (also on error), the tied head repacked, no CUDA-only synchronize."""
 
     supports_draft_weight_update = False
 
@@ -155,15 +162,17 @@ class _ShmEngineMethods:
         self._optional = {"lm_head.weight"} if tied else set()
         self._reload_open = False
         if self._expected is None:
-            _log.warning("slipstream_shm: %s is not a local safetensors checkpoint; published "
-                         "files cannot be checked before loading", self.model_config.model)
+            _log.warning("%s: %s is not a local safetensors checkpoint; incoming weights "
+                         "cannot be checked before loading", type(self).__name__,
+                         self.model_config.model)
 
-    def init_transfer_engine(self, init_info) -> None:
-        pass  # nothing to rendezvous: the file system is the channel
+    def check_incoming(self, found: Mapping[str, tuple[int, ...]], source: str) -> None:
+        if self._expected is not None:
+            check_schema(found, self._expected, self._optional, source)
 
     def start_weight_update(self) -> None:
-        # The reload is opened in `receive_weights`, once the file passed its checks, so that a
-        # rejected file leaves the model exactly as it was.
+        # The reload is opened in `receive_weights`, once the incoming weights passed their
+        # checks, so that a rejected update leaves the model exactly as it was.
         self._reload_open = False
 
     def update_weights(self, update_info: dict[str, Any]) -> None:
@@ -172,28 +181,20 @@ class _ShmEngineMethods:
         if torch.accelerator.is_available():
             torch.accelerator.synchronize()
 
-    def receive_weights(self, update_info) -> None:
-        from safetensors import safe_open
+    def load(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load through vLLM's layerwise reload (opened on first use, closed by `finish`)."""
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
-        path = update_info.path
-        if not Path(path).is_file():
-            raise WeightsMismatchError(f"weights file {path} does not exist on the engine's "
-                                       "host; nothing was loaded")
-        with safe_open(path, framework="pt") as weights:
-            if self._expected is not None:
-                found = {n: tuple(weights.get_slice(n).get_shape()) for n in weights.keys()}
-                check_schema(found, self._expected, self._optional, f"weights file {path}")
-            if not self._reload_open:
-                initialize_layerwise_reload(self.model)
-                self._reload_open = True
-            try:
-                self.model.load_weights((n, weights.get_tensor(n)) for n in weights.keys())
-            except BaseException:
-                # vLLM's worker abandons the update without finishing it; close the reload so
-                # no layer stays on `meta`. Layers already loaded keep their new values.
-                self._close_reload()
-                raise
+        if not self._reload_open:
+            initialize_layerwise_reload(self.model)
+            self._reload_open = True
+        try:
+            self.model.load_weights(named_tensors)
+        except BaseException:
+            # vLLM's worker abandons the update without finishing it; close the reload so
+            # no layer stays on `meta`. Layers already loaded keep their new values.
+            self._close_reload()
+            raise
 
     def finish_weight_update(self) -> None:
         if self._reload_open:
@@ -208,6 +209,26 @@ class _ShmEngineMethods:
 
     def shutdown(self) -> None:
         pass
+
+
+class _ShmEngineMethods(ReloadingEngineMethods):
+    """What the `slipstream_shm` engine does. `_build_engine_class` puts it in front of vLLM's
+    `WeightTransferEngine` on first use, so that this module imports without vLLM."""
+
+    def init_transfer_engine(self, init_info) -> None:
+        pass  # nothing to rendezvous: the file system is the channel
+
+    def receive_weights(self, update_info) -> None:
+        from safetensors import safe_open
+
+        path = update_info.path
+        if not Path(path).is_file():
+            raise WeightsMismatchError(f"weights file {path} does not exist on the engine's "
+                                       "host; nothing was loaded")
+        with safe_open(path, framework="pt") as weights:
+            self.check_incoming({n: tuple(weights.get_slice(n).get_shape())
+                                 for n in weights.keys()}, f"weights file {path}")
+            self.load((n, weights.get_tensor(n)) for n in weights.keys())
 
 
 def _build_engine_class() -> type:

@@ -4,7 +4,9 @@
                                                                                 staleness bound)
                                            group  <- generate_group(env.prompt(ticket))
                                            buffer.put(ticket, group)
-    update_weights(path, version):  pause (in-flight requests kept) -> load -> version -> resume
+    weight sync, as the learner's client drives it (rollout/sync_client.py):
+        init_weight_transfer (once) ; begin_update: pause, in-flight requests kept ;
+        receive_weights ; finish_update: label the version, resume ; fingerprint
 
 Both run on the actor's one event loop, so a weight update lands between two engine steps of the
 groups in flight; their tokens after the update carry the new version. The prompt of a group is
@@ -31,11 +33,11 @@ class RolloutWorker:
 
     def __init__(self, model: ModelConfig, rollout: RolloutConfig, env: EnvConfig,
                  reward: RewardConfig, buffer, *, seed: int, deterministic: bool,
-                 worker_id: int) -> None:
+                 worker_id: int, weight_transfer: str) -> None:
         self._model, self._rollout = model, rollout
         self._seed, self._worker_id = seed, worker_id
         self._buffer = buffer
-        self._engine = build_engine(model, rollout, seed, deterministic)
+        self._engine = build_engine(model, rollout, seed, deterministic, weight_transfer)
         self._env = build_env(env, seed=seed)
         self._rewards = RewardRunner(build_reward(reward), timeout_s=reward.timeout_s)
         self._tokenizer = None
@@ -75,13 +77,29 @@ class RolloutWorker:
                                          self._seed, self._worker_id)
             await self._buffer.put.remote(ticket, group)
 
-    async def update_weights(self, weights_path: str, version: int,
-                             fingerprint_names: list[str]) -> dict:
-        """Load published weights in place; return the pause-to-resume seconds and the
-        fingerprint of a few tensors read back from the engine (the learner compares it)."""
-        seconds = await self._engine.update_weights(weights_path, version)
-        fingerprint = await self._engine.fingerprint(fingerprint_names)
-        return {"seconds": seconds, "fingerprint": fingerprint, "version": version}
+    # -- the weight sync, one call per step of vLLM's protocol (rollout/sync_client.py) ----
+    async def init_weight_transfer(self, init_info: dict) -> None:
+        await self._engine.init_weight_transfer(init_info)
+
+    async def begin_update(self) -> None:
+        await self._engine.begin_update()
+
+    async def receive_weights(self, update_info: dict, version: int) -> None:
+        await self._engine.receive_weights(update_info, version)
+
+    async def finish_update(self, version: int) -> float:
+        """Seconds the engine was paused for this update."""
+        return await self._engine.finish_update(version)
+
+    async def abort_update(self) -> None:
+        await self._engine.abort_update()
+
+    async def fingerprint(self, names: list[str]) -> dict[str, float]:
+        return await self._engine.fingerprint(names)
+
+    def node_id(self) -> str:
+        """The Ray node this worker runs on (a host-bound transfer checks it)."""
+        return ray.get_runtime_context().get_node_id()
 
     async def stats(self) -> dict[str, int]:
         """Tokens generated so far, in-flight requests included (the engine's live counter);

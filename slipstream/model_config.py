@@ -11,7 +11,7 @@ SMOLLM2 = "smollm2-135m-instruct"
 
 
 class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
 
     path: str = Field(SMOLLM2, description=(
         "Local checkpoint directory, a hub name, or 'smollm2-135m-instruct' (shipped through the "

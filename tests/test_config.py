@@ -34,6 +34,11 @@ def test_switching_env_kind_replaces_the_branch():
 @pytest.mark.parametrize("argv, fragment", [
     (["--trainer.lr", "abc"], "trainer.lr"),
     (["--trainer.lr", "-1"], "trainer.lr"),
+    (["--trainer.lr", "inf"], "trainer.lr"),           # non-finite numbers never pass
+    (["--rollout.temperature", "nan"], "rollout.temperature"),
+    (["--trainer.loss.clip-high", "inf"], "trainer.loss"),
+    (["--trainer.weight-transfer", "nccl"], "trainer.weight_transfer"),
+    (["--rollout.gpus-per-worker", "-1"], "rollout.gpus_per_worker"),
     (["--steps", "0"], "steps"),
     (["--buffer.max-lag", "-1"], "buffer.max_lag"),
     (["--env.digits", "0"], "env.arithmetic.digits"),

@@ -18,6 +18,8 @@ from slipstream.trainer.learner import Learner
 from slipstream.trainer.logprobs import collate, token_logprobs
 from slipstream.trainer.value_head import VALUE_HEAD_FILE, PolicyWithValue
 
+from factories import connect_to_file_reader
+
 GROUP = 4
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,7 +119,12 @@ def test_ppo_trains_a_value_head_publishes_only_the_policy_and_saves_both(tiny, 
     result = learner.train_step(groups)
     assert "value/mean" in result.metrics and result.metrics["value/mean"] != 0.0
     assert any(t.advantages_T for t in result.trained)     # GAE: per-token advantages
-    published = load_file(learner.publish().path)
+    engine, stop = connect_to_file_reader(learner)
+    try:
+        assert learner.publish().version == engine.version == learner.version
+    finally:
+        stop()
+    published = load_file(engine.path)
     assert published.keys() == dict(learner.policy.named_parameters()).keys()
     final = tmp_path / "final"
     learner.save_final(str(final))
@@ -178,7 +185,11 @@ def test_the_probe_rescores_stale_tokens_under_the_weights_that_sampled_them(tin
     old_policy = deepcopy(learner.policy)
     groups = make_groups(learner, [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
     learner.train_step(groups)
-    learner.publish()
+    _, stop = connect_to_file_reader(learner)
+    try:
+        learner.publish()
+    finally:
+        stop()
     # The same version-0 samples, now one version stale: the current weights cannot check them.
     result = learner.train_step(groups)
     metrics = result.metrics

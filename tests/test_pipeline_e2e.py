@@ -32,6 +32,7 @@ def test_async_pipeline_runs_syncs_and_fills_the_run_directory(tiny_model, tmp_p
                     *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mean reward: first 3 steps" in result.stdout
+    assert "learner on CPU, 1 engine(s) on CPU each; weights move by shm" in result.stdout
     for name in ("config.json", "tb", "rollouts", "buffer", "checkpoints", "final"):
         assert (out / name).exists(), name
     assert json.loads((out / "config.json").read_text())["steps"] == 3
@@ -87,9 +88,13 @@ def test_async_pipeline_runs_syncs_and_fills_the_run_directory(tiny_model, tmp_p
 
 
 def test_max_lag_zero_reproduces_the_reference_loop(tiny_model, tmp_path):
+    """The pipeline moves weights by gloo broadcasts (the collective transfer, through Ray),
+    the reference loop by file: the runs must still match step for step."""
     common = ("--steps", "3", "--buffer.max-lag", "0", "--seed", "7")
-    pipe = launch("quickstart.py", tiny_model, tmp_path / "pipe", *common)
+    pipe = launch("quickstart.py", tiny_model, tmp_path / "pipe", *common,
+                  "--trainer.weight-transfer", "collective")
     assert pipe.returncode == 0, pipe.stderr[-3000:]
+    assert "weights move by collective (gloo)" in pipe.stdout
     ref = launch("reference_loop.py", tiny_model, tmp_path / "ref", *common)
     assert ref.returncode == 0, ref.stderr[-3000:]
     pipe_m, ref_m = read_metrics(tmp_path / "pipe"), read_metrics(tmp_path / "ref")

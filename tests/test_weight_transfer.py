@@ -284,31 +284,42 @@ def test_new_requests_never_reuse_kv_from_old_weights(engine, tiny, original, ot
     run(eng.update_weights(write_weights_file(original.items(), tmp_path, v + 2).path, v + 2))
 
 
-def test_a_sync_that_did_not_land_stops_with_one_line(engine, original, other, tmp_path):
-    """The publish says one thing, the engine loads another (its file was replaced under it):
-    the fingerprint read back differs and the reference loop's sync stops the run. The
-    pipeline's `_sync_weights` calls the same `check_landed`."""
+def test_a_sync_that_did_not_land_stops_with_one_line(engine, tiny, original, other, tmp_path):
+    """The learner sends one thing, the engine loads another (the file is replaced under it
+    before the engine reads it): the fingerprint read back differs and the sync stops with one
+    line. Every transfer checks through the same `send`; the shm engine is driven here through
+    vLLM's trainer-side protocol exactly as the pipeline's learner drives it."""
+    from transformers import AutoModelForCausalLM
+
     from slipstream.errors import SlipstreamError
-    from slipstream.launch.reference_loop import sync_weights
+    from slipstream.rollout.sync_client import LocalEnginesClient
+    from slipstream.trainer.weight_transfer import LearnerSource, connect, send
 
     eng, run = engine
+    engine_loop = run.__self__.loop
+    policy = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.bfloat16)
+    policy.load_state_dict(other, strict=False)
+    names = fingerprint_names_for(original)
+    source = LearnerSource(policy, names)
+
+    class FileReplacingClient(LocalEnginesClient):
+        def update_weights(self, update_info):
+            write_weights_file(original.items(), Path(update_info["path"]).parent,
+                               sender.files_written)     # same path, the old weights
+            super().update_weights(update_info)
+
+    client = FileReplacingClient([eng], engine_loop, fingerprint_names=names, timeout_s=60)
+    sender = connect("shm", client, source, weights_dir=str(tmp_path), bucket_bytes=1,
+                     timeout_s=60, host="127.0.0.1")
     v = eng.weight_version
-
-    class ReplacedFilePublisher:
-        def publish(self):
-            published = write_weights_file(other.items(), tmp_path, v + 1,
-                                           fingerprint_names_for(original))
-            write_weights_file(original.items(), tmp_path, v + 1)   # same path, old contents
-            return published
-
     with pytest.raises(SlipstreamError, match=f"weight sync to version {v + 1} did not land on "
-                                              "the engine: fingerprint"):
-        run(sync_weights(ReplacedFilePublisher(), eng))
-    # Control: the same sync with the file left alone lands.
-    class Publisher:
-        def publish(self):
-            return write_weights_file(original.items(), tmp_path, v + 2,
-                                      fingerprint_names_for(original))
-
-    run(sync_weights(Publisher(), eng))
-    assert eng.weight_version == v + 2
+                                              "engine 0: fingerprint"):
+        send(sender, source, client, v + 1)
+    # Control: the same sync with the file left alone lands, and labels the version.
+    plain = LocalEnginesClient([eng], engine_loop, fingerprint_names=names, timeout_s=60)
+    sender = connect("shm", plain, source, weights_dir=str(tmp_path), bucket_bytes=1,
+                     timeout_s=60, host="127.0.0.1")
+    published = send(sender, source, plain, v + 2)
+    assert eng.weight_version == v + 2 and published.engine_seconds[0] > 0
+    policy.load_state_dict(original, strict=False)
+    send(sender, source, plain, v + 3)        # leave the engine as the other tests expect

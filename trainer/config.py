@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from slipstream.trainer.losses import GRPOLossConfig, LossConfig
@@ -9,7 +11,7 @@ from slipstream.trainer.optimizers import AdamWConfig, OptimizerConfig
 
 
 class TrainerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
 
     groups_per_step: int = Field(8, ge=1, description="Groups (prompts) per learner step.")
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward pass.")
@@ -24,8 +26,12 @@ class TrainerConfig(BaseModel):
     # An int range, not Literal[0, 1, 2]: the command line hands over the string "0", which a
     # Literal of ints refuses.
     zero_stage: int = Field(1, ge=0, le=2, description=(
-        "DeepSpeed ZeRO stage 0, 1 or 2. 3 is refused for now: publishing would have to gather "
-        "shards."))
+        "DeepSpeed ZeRO stage 0, 1 or 2. 3 is refused for now: a publish already gathers the "
+        "shards one decoder layer at a time (trainer/weight_transfer.py, tested), but the "
+        "stale-token replay's weight copies and the final save do not gather yet."))
+    num_gpus: float | None = Field(None, ge=0, description=(
+        "GPUs Ray gives the learner (0: CPU; a fraction shares a GPU with an engine). None: "
+        "chosen from the node (launch/placement.py)."))
     threads: int = Field(1, ge=1, description="torch threads of the learner (the rest of the "
                          "cores go to the sampler).")
     loss: LossConfig = Field(default_factory=GRPOLossConfig, description=(
@@ -39,6 +45,14 @@ class TrainerConfig(BaseModel):
         "of old weights). Deterministic mode rescores every sequence."))
     sync_every: int = Field(1, ge=1, description="Learner steps between weight publishes.")
     sync_timeout_s: float = Field(120.0, gt=0, description="A weight sync that has not landed "
-                                  "after this many seconds stops the run.")
+                                  "after this many seconds stops the run (also bounds each "
+                                  "broadcast and the transfer group's rendezvous).")
+    weight_transfer: Literal["auto", "shm", "collective", "ipc"] = Field("auto", description=(
+        "How weights reach the engines. shm: one file on tmpfs (one host). collective: "
+        "broadcasts over a process group the engines join at start (gloo on the CPU, NCCL on "
+        "GPUs; any node). ipc: CUDA IPC handles, learner and engine on one GPU. auto: "
+        "launch/placement.py picks."))
+    bucket_mb: int = Field(32, ge=1, description=(
+        "collective: size of each packed broadcast, in MiB."))
     checkpoint_every: int = Field(0, ge=0, description="Steps between DeepSpeed checkpoints "
                                   "(0: only at the end).")

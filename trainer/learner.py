@@ -38,8 +38,6 @@ from slipstream.trainer.step_batch import StepBatch, build_step_batch
 from slipstream.trainer.step_record import StepRecord, StepResult
 from slipstream.trainer.value_head import VALUE_HEAD_FILE, PolicyWithValue
 from slipstream.trainer.version_replay import VersionReplay
-from slipstream.trainer.weight_publish import (WeightsFile, remove_old_weight_files,
-                                               write_weights_file)
 from slipstream.weight_fingerprint import fingerprint_names_for
 
 __all__ = ["Learner", "StepResult", "init_world_of_one"]
@@ -105,9 +103,12 @@ class Learner:
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=trained, optimizer=optimizer, lr_scheduler=scheduler,
             config=self._deepspeed_config(), dist_init_required=True)
+        if self.reference is not None:       # beside the policy (DeepSpeed moved that one)
+            self.reference.to(self.engine.device)
         self.fingerprint_names = fingerprint_names_for(
             [name for name, _ in self.policy.named_parameters()])
         self.step = 0
+        self._sync = None     # (trainer engine, source, client) once `connect` ran
         self.replay = None
         if deterministic or trainer.mismatch_probe > 0:
             self.replay = VersionReplay(self.policy, max_lag, self._numerics)
@@ -238,18 +239,49 @@ class Learner:
         record.probe_s += time.perf_counter() - started
         return own, ok
 
-    def publish(self) -> WeightsFile:
-        """Write the policy's weights as one packed file on tmpfs for the rollout workers."""
-        named = ((name, p.detach()) for name, p in self.policy.named_parameters())
-        weights = write_weights_file(named, self.weights_dir, self.version,
-                                     self.fingerprint_names)
-        remove_old_weight_files(self.weights_dir, keep_version=self.version)
+    def connect(self, client, transfer: str, host: str | None = None) -> None:
+        """Join the engines' weight-transfer channel once per run (trainer/weight_transfer.py):
+        `client` reaches the engines (rollout/sync_client.py), `transfer` is shm, collective
+        or ipc; `host` is this host's address the engines reach (default: Ray's node address,
+        or loopback outside Ray)."""
+        from slipstream.trainer.weight_transfer import LearnerSource, connect
+
+        if host is None:
+            import ray
+
+            host = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
+        client.fingerprint_names = self.fingerprint_names
+        source = LearnerSource(self.policy, self.fingerprint_names)
+        sender = connect(transfer, client, source, weights_dir=self.weights_dir,
+                         bucket_bytes=self.config.bucket_mb << 20,
+                         timeout_s=self.config.sync_timeout_s, host=host)
+        self._sync = (sender, source, client)
+
+    def publish(self):
+        """Send the policy's weights to every engine as version `self.version` and check that
+        they landed (trainer/weight_transfer.py `Published`)."""
+        from slipstream.trainer.weight_transfer import send
+
+        if self._sync is None:
+            raise RuntimeError("Learner.publish before Learner.connect")
+        published = send(*self._sync, version=self.version)
         if self.replay is not None:
             self.replay.keep(self.version)
-        return weights
+        return published
+
+    def shutdown_transfer(self) -> None:
+        if self._sync is not None:
+            sender, self._sync = self._sync[0], None
+            sender.shutdown()
 
     def ready(self) -> bool:
         return True
+
+    def node_id(self) -> str | None:
+        """The Ray node the learner runs on (None outside Ray)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
     def save_checkpoint(self, directory: str) -> str:
         tag = f"step-{self.step:06d}"

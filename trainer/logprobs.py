@@ -78,21 +78,25 @@ def forward_tokens(model, batch: MicroBatch, temperature: float, with_entropy: b
                    ) -> TokenForward:
     """The completion tokens' logprobs under `model` (and entropies, and values when `model` is
     a policy with a value head: trainer/value_head.py)."""
-    output = model(input_ids=batch.input_ids_B_L, attention_mask=batch.attention_mask_B_L,
-                   use_cache=False)
+    # The batch lives on the CPU; the model where DeepSpeed put it (CUDA on a GPU). Only the
+    # per-token results come back (`.to` keeps the graph), so the losses run on the CPU.
+    device = next(model.parameters()).device
+    output = model(input_ids=batch.input_ids_B_L.to(device),
+                   attention_mask=batch.attention_mask_B_L.to(device), use_cache=False)
     logits = output.logits
     vocab = logits.shape[-1]
-    rows = logits.gather(1, batch.positions_B_T.unsqueeze(-1).expand(-1, -1, vocab))
+    positions = batch.positions_B_T.to(device)
+    rows = logits.gather(1, positions.unsqueeze(-1).expand(-1, -1, vocab))
     logp_all = scaled_log_softmax(rows, temperature)
-    logprobs = logp_all.gather(-1, batch.targets_B_T.unsqueeze(-1)).squeeze(-1)
+    logprobs = logp_all.gather(-1, batch.targets_B_T.to(device).unsqueeze(-1)).squeeze(-1)
     entropy = None
     if with_entropy:
         with torch.no_grad():
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
+            entropy = (-(logp_all.exp() * logp_all).sum(-1)).cpu()
     values = None
     if isinstance(output, ValueOutput):
-        values = output.values_B_L.gather(1, batch.positions_B_T).float()
-    return TokenForward(logprobs, entropy, values)
+        values = output.values_B_L.gather(1, positions).float().cpu()
+    return TokenForward(logprobs.cpu(), entropy, values)
 
 
 def token_logprobs(model, batch: MicroBatch, temperature: float) -> torch.Tensor:

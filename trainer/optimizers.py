@@ -89,7 +89,7 @@ class OptimizerSettingError(SlipstreamError, ValueError):
 class AdamWConfig(BaseModel):
     """torch.optim.AdamW on every parameter. Defaults are torch's, except weight decay 0."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: Literal["adamw"] = Field("adamw", description="AdamW on every parameter.")
     betas: tuple[_Beta, _Beta] = Field((0.9, 0.999), description=(
@@ -106,7 +106,7 @@ class MuonConfig(BaseModel):
     With the default `adjust_lr_fn="match_rms_adamw"` the run's single `lr` suits both halves:
     a Muon update gets the RMS of a typical AdamW update (see the module docstring)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: Literal["muon"] = Field("muon", description=(
         "Muon on the hidden matrices, AdamW on embeddings, head, norms, biases and extra heads."))

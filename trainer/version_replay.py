@@ -33,10 +33,13 @@ class _WithParameters:
     """`module` called with other parameters (torch.func.functional_call), like a model."""
 
     def __init__(self, module: torch.nn.Module, parameters: dict[str, torch.Tensor]) -> None:
-        self.module, self.parameters = module, parameters
+        self.module, self.weights = module, parameters
+
+    def parameters(self):
+        return iter(self.weights.values())
 
     def __call__(self, **kwargs):
-        return functional_call(self.module, self.parameters, args=(), kwargs=kwargs)
+        return functional_call(self.module, self.weights, args=(), kwargs=kwargs)
 
 
 class VersionReplay:

@@ -1,14 +1,8 @@
-"""The learner's side of a weight sync.
+"""The published weights file of the `shm` transfer (trainer/weight_transfer.py sends it).
 
-CPU (and any single host): every parameter packed into ONE safetensors file on tmpfs, which the
-engine's `slipstream_shm` backend maps and loads (rollout/weight_transfer.py). The file is written
-under a temporary name in the same folder and renamed, so an engine never maps half a file; its
-fingerprint is computed from the very tensors written, so what the engine reads back is compared
-with what was sent, not with what the learner believes it sent.
-
-CUDA: `ipc_update_info` builds the `update_info` of vLLM's built-in `ipc` backend instead (CUDA
-IPC handles to the learner's own GPU tensors, no copy). UNVERIFIED HERE: written from reading
-vLLM's `ipc_engine.py` (IPCTrainerWeightTransferEngine._send_unpacked); this machine has no GPU.
+Every parameter packed into ONE safetensors file on tmpfs, which the engine's `slipstream_shm`
+backend maps and loads (rollout/weight_transfer.py). The file is written under a temporary name
+in the same folder and renamed, so an engine never maps half a file.
 """
 
 from __future__ import annotations
@@ -16,15 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
-from slipstream.errors import SlipstreamError
 from slipstream.weight_fingerprint import fingerprint, fingerprint_names_for
 
 
@@ -98,35 +90,3 @@ def remove_old_weight_files(directory: str | Path, keep_version: int) -> None:
 def remove_weights_dir(directory: str | Path) -> None:
     """Free the run's tmpfs folder at the end of a run."""
     shutil.rmtree(directory, ignore_errors=True)
-
-
-def ipc_update_info(named_tensors: Iterable[tuple[str, torch.Tensor]]
-                    ) -> tuple[dict[str, Any], list[torch.Tensor]]:
-    """UNVERIFIED (no GPU here). `update_info` for vLLM's `ipc` backend, unpacked mode.
-
-    Returns the dict to pass as `VLLMEngine.update_weights(update_info, version)` and the
-    contiguous tensors it points at: the caller must keep those alive until the update has
-    finished, because a CUDA IPC handle does not own its memory. Mirrors vLLM 0.32's
-    `IPCTrainerWeightTransferEngine._send_unpacked` for one trainer rank."""
-    from torch.multiprocessing.reductions import reduce_tensor
-
-    gpu = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
-    names, dtype_names, shapes, handles, keep = [], [], [], [], []
-    for name, tensor in named_tensors:
-        weight = tensor.detach().contiguous()
-        keep.append(weight)
-        names.append(name)
-        dtype_names.append(str(weight.dtype).split(".")[-1])
-        shapes.append(list(weight.shape))
-        handles.append({gpu: reduce_tensor(weight)[1]})
-    info = {"names": names, "dtype_names": dtype_names, "shapes": shapes, "ipc_handles": handles}
-    return info, keep
-
-
-def check_landed(weights: WeightsFile, landed: Mapping[str, float], where: str) -> None:
-    """Raise (one line) unless the fingerprint an engine read back after loading `weights`
-    is the one published: a sync that silently did nothing must stop the run."""
-    if dict(landed) != weights.fingerprint:
-        raise SlipstreamError(f"weight sync to version {weights.version} did not land on "
-                              f"{where}: fingerprint {dict(landed)} != published "
-                              f"{weights.fingerprint}")

@@ -21,7 +21,7 @@ Level = Literal["off", "token", "sequence", "geometric"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class CorrectionConfig(_Section):

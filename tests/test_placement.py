@@ -1,0 +1,72 @@
+"""Placement and the weight-transfer choice (launch/placement.py): pure rules, no GPU needed.
+What a GPU run then does with them (Ray's `num_gpus`, NCCL, CUDA IPC) is not exercised here."""
+
+import pytest
+
+from slipstream.errors import SlipstreamError
+from slipstream.launch.cli import parse_config
+from slipstream.launch.placement import CPU_DEFAULT, Placement, check_hosts, plan
+
+
+def _plan(argv, cluster_gpus):
+    return plan(parse_config(argv), cluster_gpus)
+
+
+@pytest.mark.parametrize("argv, gpus, expected", [
+    ([], 0, Placement(0, 0, CPU_DEFAULT)),
+    (["--trainer.weight-transfer", "collective"], 0, Placement(0, 0, "collective")),
+    (["--trainer.weight-transfer", "shm"], 0, Placement(0, 0, "shm")),
+    # one GPU, one worker: colocated, CUDA IPC
+    ([], 1, Placement(0.5, 0.5, "ipc")),
+    # 1 learner + 7 engines
+    (["--rollout.num-workers", "7"], 8, Placement(1, 1, "collective")),
+    (["--rollout.num-workers", "2"], 8, Placement(1, 1, "collective")),
+    # explicit, colocated on one GPU but with the broadcast
+    (["--trainer.num-gpus", "0.4", "--rollout.gpus-per-worker", "0.6",
+      "--trainer.weight-transfer", "collective"], 1, Placement(0.4, 0.6, "collective")),
+    # deterministic mode's reference sampler takes files
+    (["--deterministic", "true"], 1, Placement(0.5, 0.5, "shm")),
+])
+def test_plan_places_and_picks_the_transfer(argv, gpus, expected):
+    placement = _plan(argv, gpus)
+    assert placement == expected
+    assert placement.engine_backend == {"shm": "slipstream_shm", "ipc": "ipc",
+                                        "collective": "slipstream_collective"}[expected.transfer]
+
+
+@pytest.mark.parametrize("argv, gpus, fragment", [
+    (["--rollout.num-workers", "3"], 2, "3 rollout workers need 4 GPUs"),
+    (["--trainer.num-gpus", "1", "--rollout.num-workers", "7", "--rollout.gpus-per-worker",
+      "1"], 4, "asks Ray for 8 GPUs"),
+    (["--trainer.weight-transfer", "ipc"], 0, "ipc needs the learner and one engine on the "
+                                               "same GPU"),
+    (["--trainer.weight-transfer", "ipc", "--rollout.num-workers", "2"], 8, "same GPU"),
+    (["--deterministic", "true", "--trainer.weight-transfer", "collective"], 0,
+     "takes weights by file only"),
+])
+def test_what_cannot_run_stops_in_one_line(argv, gpus, fragment):
+    with pytest.raises(SlipstreamError, match=fragment) as error:
+        _plan(argv, gpus)
+    assert "\n" not in str(error.value)
+
+
+def test_a_one_host_transfer_refuses_an_engine_on_another_node():
+    check_hosts("collective", "node-a", ["node-a", "node-b"])      # any node: fine
+    check_hosts("shm", "node-a", ["node-a", "node-a"])
+    for transfer in ("shm", "ipc"):
+        with pytest.raises(SlipstreamError, match="rollout worker 1 runs on node node-b: use "
+                                                  "trainer.weight_transfer collective"):
+            check_hosts(transfer, "node-a", ["node-a", "node-b"])
+
+
+def test_a_bad_transfer_name_is_refused_by_the_config():
+    with pytest.raises(SlipstreamError, match="trainer.weight_transfer"):
+        parse_config(["--trainer.weight-transfer", "nccl"])
+
+
+def test_the_log_line_says_where_and_how():
+    assert Placement(0, 0, "collective").describe(2) == \
+        "learner on CPU, 2 engine(s) on CPU each; weights move by collective (gloo)"
+    assert Placement(1, 1, "collective").describe(7) == \
+        "learner on 1 GPU, 7 engine(s) on 1 GPU each; weights move by collective (NCCL)"
+    assert Placement(0.5, 0.5, "ipc").describe(1).endswith("weights move by ipc")
