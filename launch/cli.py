@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, CliSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
-from slipstream.errors import SlipstreamError
+from slipstream.errors import RunStopped, SlipstreamError
 from slipstream.launch.config import RunConfig
 
 
@@ -71,11 +71,15 @@ def _terminate(signum: int, frame: Any) -> None:
 
 def main_guard(run_fn, *args: Any) -> None:
     """Run `run_fn(*args)`; a SlipstreamError (bad config, bad data, a failed actor) prints one
-    line and exits 1, a Ctrl-C or SIGTERM exits 130 after a clean stop. Anything else is a bug
-    and keeps its traceback."""
+    line and exits 1, a Ctrl-C or SIGTERM exits 130 after a clean stop (the pipeline first
+    finishes its step and saves a checkpoint: launch/pipeline.py `GracefulStop`). Anything else
+    is a bug and keeps its traceback."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
         run_fn(*args)
+    except RunStopped as error:
+        print(f"slipstream: {error}", file=sys.stderr)
+        sys.exit(130)
     except SlipstreamError as error:
         print(f"slipstream: {error}", file=sys.stderr)
         sys.exit(1)

@@ -36,7 +36,7 @@ from slipstream.launch.cli import main_guard, parse_config
 from slipstream.launch.compare_plan import LAUNCH, Arm, Plan, parse_args, run_dir, run_flags
 
 # Config fields that differ between runs or belong to training only; evaluation gets the rest.
-PER_RUN = {"output_dir", "seed", "steps", "progress", "time_budget_min"}
+PER_RUN = {"output_dir", "overwrite", "seed", "steps", "progress", "time_budget_min"}
 
 
 def validate(plan: Plan) -> int:

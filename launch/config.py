@@ -37,8 +37,12 @@ class RunConfig(_Strict):
     time_budget_min: float | None = Field(None, gt=0, description=(
         "A wall-clock budget in minutes: the run ends after the first step that finishes past "
         "it (then saves its final policy as usual), or at `steps`, whichever comes first."))
-    output_dir: str = Field("runs/latest", description=(
-        "The run directory (the layout in docs/ARCHITECTURE.md)."))
+    output_dir: str = Field("runs/latest", min_length=1, description=(
+        "The run directory (the layout in docs/ARCHITECTURE.md). One that already holds a run "
+        "is refused unless `overwrite` is set."))
+    overwrite: bool = Field(False, description=(
+        "Replace the run already in output_dir (its config, metrics, TensorBoard files, "
+        "rollouts, buffer, checkpoints and final policy) instead of refusing to start."))
     seed: int = Field(0, ge=0, description="Seeds the env stream, sampling and the learner.")
     deterministic: bool = Field(False, description=(
         "Bitwise-equal sampler and trainer logprobs: the learner computes under "

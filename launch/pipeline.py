@@ -18,16 +18,21 @@ Loops and what unblocks them:
   and checks the fingerprint each engine reads back; only then does the buffer learn the new
   rollout version, which releases the tickets of later steps.
 
-The run stops when `steps` is reached, on Ctrl-C, or when any actor fails: the failing actor's
-error is what the user sees; every actor is shut down and every file flushed on the way out.
+The run stops when `steps` is reached, when any actor fails (the failing actor's error is what
+the user sees), or when asked: the first Ctrl-C or SIGTERM lets the step in progress finish, saves
+a checkpoint and stops; a second one stops at once. Every actor is shut down and every file
+flushed on the way out.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
@@ -35,7 +40,7 @@ from tqdm import tqdm
 
 from slipstream.buffer.actor import ReplayBufferActor
 from slipstream.envs import build_env
-from slipstream.errors import SlipstreamError
+from slipstream.errors import RunStopped, SlipstreamError
 from slipstream.launch.config import RunConfig
 from slipstream.launch.metrics import batch_metrics
 from slipstream.launch.placement import Placement, check_hosts, plan
@@ -137,6 +142,33 @@ def _sync_weights(actors: Actors, config: RunConfig) -> dict[str, float]:
             "rollout/weight_version": published.version}
 
 
+class GracefulStop:
+    """While entered (in the main thread): the first SIGINT or SIGTERM only asks the run to stop
+    after the step in progress (`requested` names the signal); a second one stops at once, as
+    KeyboardInterrupt. A preempted node gets a checkpoint, not a lost step."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        print(f"\nslipstream: {self.requested}: stopping after this step, with a checkpoint "
+              "(send it again to stop at once)", file=sys.stderr, flush=True)
+
+
 def _shutdown(actors: Actors | None) -> None:
     """Stop every actor. The groups still waiting in the buffer are written to
     `DIR/buffer/snapshot-final.jsonl` first, so a failed or interrupted run keeps them."""
@@ -150,7 +182,7 @@ def _shutdown(actors: Actors | None) -> None:
         pass  # the actor is already gone or stuck; ray.shutdown() below kills it either way
 
 
-def _train(config: RunConfig, actors: Actors, run: RunDirectory) -> None:
+def _train(config: RunConfig, actors: Actors, run: RunDirectory, stop: GracefulStop) -> None:
     progress = tqdm(total=config.steps, desc="slipstream", disable=not config.progress,
                     unit="step", dynamic_ncols=True)
     started = last_time = time.monotonic()
@@ -179,6 +211,10 @@ def _train(config: RunConfig, actors: Actors, run: RunDirectory) -> None:
             _await(actors.buffer.snapshot.remote(result.step, result.version), actors)
         if config.trainer.checkpoint_every and result.step % config.trainer.checkpoint_every == 0:
             _await(actors.learner.save_checkpoint.remote(str(run.checkpoints)), actors)
+        if stop.requested is not None:
+            path = _await(actors.learner.save_checkpoint.remote(str(run.checkpoints)), actors)
+            raise RunStopped(f"stopped by {stop.requested} after step {result.step}: "
+                             f"checkpoint {path}")
         if result.step % config.trainer.sync_every == 0 and last_step < config.steps:
             if config.buffer.schedule == "pinned":   # the groups of the version in use first
                 _await(actors.buffer.wait_generated.remote(result.version - 1), actors)
@@ -222,7 +258,8 @@ def run(config: RunConfig) -> RunDirectory:
         placement = plan(config, ray.cluster_resources().get("GPU", 0))
         print(f"slipstream: {placement.describe(config.rollout.num_workers)}", flush=True)
         actors = _start_actors(config, model, run_dir, learner_kwargs, placement)
-        _train(config, actors, run_dir)
+        with GracefulStop() as stop:
+            _train(config, actors, run_dir, stop)
     finally:
         _shutdown(actors)
         ray.shutdown()

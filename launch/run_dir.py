@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
 from slipstream.buffer.rollout_log import write_step
+from slipstream.errors import SlipstreamError
 from slipstream.launch.config import RunConfig
 from slipstream.launch.metrics import TensorBoardLogger
 from slipstream.launch.models import resolve_model
@@ -43,11 +45,40 @@ def learner_args(config: RunConfig, run_dir: Path) -> dict:
             "weights_dir": str(shm_dir(f"{run_dir.resolve().name}-{os.getpid()}"))}
 
 
+# What a run writes into its directory: a directory holding any of these holds a run.
+RUN_FILES = ("config.json", "metrics.jsonl", "tb", "rollouts", "buffer", "checkpoints", "final")
+
+
+def claim_run_dir(path: Path, overwrite: bool) -> None:
+    """Make `path` ready for a new run, or refuse in one line: a file in the way, a directory
+    that cannot be written, or a run already there (two runs' metrics must never mix) unless
+    `overwrite`, which removes that run's own files and nothing else."""
+    if path.exists() and not path.is_dir():
+        raise SlipstreamError(f"output_dir {path} is a file, not a directory")
+    held = [name for name in RUN_FILES if (path / name).exists()]
+    if held and not overwrite:
+        raise SlipstreamError(f"output_dir {path} already holds a run ({', '.join(held)}): "
+                              "choose another --output-dir, or pass --overwrite true to "
+                              "replace it")
+    try:
+        for name in held:
+            target = path / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".slipstream-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise SlipstreamError(f"output_dir {path} cannot be written: {error.strerror or error}"
+                              ) from None
+
+
 class RunDirectory:
     """Creates the layout, writes config.json, and records each step's metrics and samples."""
 
     def __init__(self, config: RunConfig) -> None:
         self.path = Path(config.output_dir)
+        claim_run_dir(self.path, config.overwrite)
         for sub in ("tb", "rollouts", "buffer", "checkpoints"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
         (self.path / "config.json").write_text(config.model_dump_json(indent=2) + "\n")

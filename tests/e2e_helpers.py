@@ -40,7 +40,8 @@ class Launched(subprocess.CompletedProcess):
         self.processes = processes
 
 
-def launch(script: str, model: str, out: Path, *extra: str, timeout: int = 400) -> Launched:
+def launch(script: str, model: str, out: Path, *extra: str, timeout: int = 400,
+           while_running=None) -> Launched:
     """Run `launch/<script>` on `model`, writing its run directory to `out`, and wait for it.
 
     The command line is `--model.path model --output-dir out`, then `SMALL` (a small run: fp32,
@@ -51,6 +52,9 @@ def launch(script: str, model: str, out: Path, *extra: str, timeout: int = 400) 
     Returns the finished process like `subprocess.run(..., capture_output=True, text=True)`:
     `returncode`, `stdout`, `stderr`, plus `processes` (see `Launched`). A failing run is not an
     error here: assert on `returncode` yourself (`assert result.returncode == 0, result.stderr`).
+
+    `while_running(proc)`, if given, is called at every poll while the script runs (to send it
+    a signal once the run reaches some point, say).
 
     Raises `subprocess.TimeoutExpired` after `timeout` seconds. Whenever it raises (the timeout,
     pytest-timeout's alarm, Ctrl-C) it first kills the script and every process it started.
@@ -89,6 +93,8 @@ def launch(script: str, model: str, out: Path, *extra: str, timeout: int = 400) 
                 proc.wait(timeout=POLL_S)
                 break
             except subprocess.TimeoutExpired:
+                if while_running is not None:
+                    while_running(proc)
                 if time.monotonic() > deadline:
                     raise subprocess.TimeoutExpired(args, timeout, "".join(captured["stdout"]),
                                                     "".join(captured["stderr"])) from None

@@ -6,6 +6,7 @@ weight sync with fingerprint check, the buffer's tickets, DeepSpeed steps, the r
 """
 
 import json
+import time
 import subprocess
 import sys
 
@@ -116,6 +117,33 @@ def test_a_sync_that_times_out_stops_the_run_with_one_clear_line(tiny_model, tmp
     assert last.startswith("slipstream: weight sync to version 1") and "sync_timeout_s" in last
     assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 1   # step 1 kept
     assert (tmp_path / "run" / "buffer" / "snapshot-final.jsonl").exists()     # waiting groups kept
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_stops(tiny_model, tmp_path):
+    """A preempted run (SIGTERM to the controller) loses no step: the one in progress ends,
+    its metrics are written, a complete checkpoint of it is saved, the waiting groups too."""
+    import signal
+
+    from slipstream.trainer.checkpoints import latest_complete
+
+    out = tmp_path / "run"
+    sent = []
+
+    def terminate_after_first_step(proc):
+        metrics = out / "metrics.jsonl"
+        if not sent and metrics.exists() and metrics.read_text().count("\n") >= 1:
+            proc.send_signal(signal.SIGTERM)
+            sent.append(time.monotonic())
+
+    result = launch("quickstart.py", tiny_model, out, "--steps", "50",
+                    while_running=terminate_after_first_step)
+    assert sent and result.returncode == 130, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    steps = len(read_metrics(out))
+    assert last.startswith(f"slipstream: stopped by SIGTERM after step {steps}: checkpoint ")
+    assert 1 <= steps < 50
+    assert latest_complete(out / "checkpoints").name == f"step-{steps:06d}"
+    assert (out / "buffer" / "snapshot-final.jsonl").exists()
 
 
 def test_gsm8k_script_skips_malformed_rows_and_trains(tiny_model, tmp_path):

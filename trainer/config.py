@@ -56,3 +56,6 @@ class TrainerConfig(BaseModel):
         "collective: size of each packed broadcast, in MiB."))
     checkpoint_every: int = Field(0, ge=0, description="Steps between DeepSpeed checkpoints "
                                   "(0: only at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description=(
+        "Complete checkpoints kept (the newest); each is written to a temporary name, renamed, "
+        "then given a manifest, so a half-written one is never taken for whole."))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -284,22 +285,32 @@ class Learner:
         return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
     def save_checkpoint(self, directory: str) -> str:
-        tag = f"step-{self.step:06d}"
-        self.engine.save_checkpoint(directory, tag=tag,
-                                    client_state={"version": self.version, "step": self.step})
-        return str(Path(directory) / tag)
+        """A crash-consistent DeepSpeed checkpoint (trainer/checkpoints.py); the last
+        `trainer.keep_checkpoints` are kept."""
+        from slipstream.trainer.checkpoints import save_checkpoint
+
+        folder = save_checkpoint(self.engine, directory, f"step-{self.step:06d}",
+                                 {"version": self.version, "step": self.step},
+                                 keep=self.config.keep_checkpoints)
+        return str(folder)
 
     def save_final(self, directory: str) -> str:
         """The policy in Hugging Face format (loadable by vLLM and transformers), and PPO's value
         head in a subfolder (VALUE_HEAD_FILE), where neither loader reads it."""
-        self.policy.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
+        # Written beside it and renamed, so `final/` is never half a model.
+        final = Path(directory)
+        partial = final.with_name(f".{final.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        self.policy.save_pretrained(partial)
+        self.tokenizer.save_pretrained(partial)
         module = self.engine.module
         if isinstance(module, PolicyWithValue):
             from safetensors.torch import save_file
 
-            head_file = Path(directory) / VALUE_HEAD_FILE
+            head_file = partial / VALUE_HEAD_FILE
             head_file.parent.mkdir(parents=True, exist_ok=True)
             save_file({k: v.detach().contiguous() for k, v in module.value_head.state_dict()
                        .items()}, str(head_file))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
         return directory

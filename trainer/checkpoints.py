@@ -1,0 +1,98 @@
+"""Crash-consistent checkpoints: a checkpoint either exists whole or is known to be incomplete.
+
+DeepSpeed writes a checkpoint as a folder of files plus a `latest` file naming it; a run killed
+mid-write (or a full disk) leaves a folder that looks like a checkpoint and is not. So:
+
+1. DeepSpeed writes into `DIR/.partial-<tag>` (its own `latest` is not touched);
+2. the folder is renamed to `DIR/<tag>` (atomic on one file system);
+3. a manifest (`MANIFEST`: every file with its size) is written last, by write-and-rename;
+4. `DIR/latest` is replaced, by write-and-rename, to name the new checkpoint;
+5. all but the newest `keep` complete checkpoints are removed, with any incomplete leftovers.
+
+`complete_checkpoints` trusts a checkpoint only if its manifest is there and every listed file
+has its size; `latest_complete` returns the newest such one and warns, in one line each, about
+newer ones it had to pass over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "slipstream-manifest.json"
+_PARTIAL = ".partial-"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(engine, directory: str | Path, tag: str, client_state: dict[str, Any],
+                    keep: int) -> Path:
+    """Save DeepSpeed `engine` as `directory/tag` (steps above); returns its folder."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory / f"{_PARTIAL}{tag}"
+    shutil.rmtree(partial, ignore_errors=True)
+    engine.save_checkpoint(str(directory), tag=partial.name, client_state=client_state,
+                           save_latest=False)
+    final = directory / tag
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    files = {str(p.relative_to(final)): p.stat().st_size
+             for p in sorted(final.rglob("*")) if p.is_file()}
+    _write_atomically(final / MANIFEST, json.dumps({"tag": tag, "files": files,
+                                                    "client_state": client_state}, indent=1))
+    _write_atomically(directory / "latest", tag)
+    _prune(directory, keep)
+    return final
+
+
+def is_complete(folder: Path) -> bool:
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        return all((folder / name).is_file() and (folder / name).stat().st_size == size
+                   for name, size in manifest["files"].items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _checkpoint_folders(directory: Path) -> list[Path]:
+    """Every checkpoint folder (complete or not), oldest first by tag (tags sort by step)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir()
+                  if p.is_dir() and not p.name.startswith("."))
+
+
+def complete_checkpoints(directory: str | Path) -> list[Path]:
+    return [p for p in _checkpoint_folders(Path(directory)) if is_complete(p)]
+
+
+def latest_complete(directory: str | Path) -> Path | None:
+    """The newest complete checkpoint, warning once per newer incomplete one passed over."""
+    for folder in reversed(_checkpoint_folders(Path(directory))):
+        if is_complete(folder):
+            return folder
+        print(f"slipstream: warning: checkpoint {folder} is incomplete (killed mid-write or "
+              "a full disk); using an older one", file=sys.stderr)
+    return None
+
+
+def _prune(directory: Path, keep: int) -> None:
+    """After a successful save: the newest `keep` complete checkpoints stay; older ones, and
+    incomplete or partial folders (garbage once a newer checkpoint is whole), go."""
+    kept = set(complete_checkpoints(directory)[-keep:])
+    for folder in [*directory.glob(f"{_PARTIAL}*"), *_checkpoint_folders(directory)]:
+        if folder not in kept:
+            shutil.rmtree(folder, ignore_errors=True)
