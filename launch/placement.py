@@ -20,7 +20,10 @@ Deterministic mode's reference sampler takes weights by file only: `shm`.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from slipstream.errors import SlipstreamError
 
@@ -123,3 +126,31 @@ def check_hosts(transfer: str, learner_node: str, worker_nodes: list[str]) -> No
                 f"trainer.weight_transfer {transfer} needs every engine on the learner's host "
                 f"({ONE_HOST[transfer]}), but rollout worker {worker_id} runs on node {node}: "
                 "use trainer.weight_transfer collective")
+
+
+def machine_memory_gib() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def check_machine(config, model_dir: str, cores: int | None = None,
+                  memory_gib: float | None = None) -> None:
+    """Numbers this machine or this model cannot honour stop the run in one line, before
+    anything starts: learner threads beyond the cores, KV caches beyond the memory (CPU), a
+    context longer than the model's own."""
+    cores = cores or os.cpu_count() or 1
+    memory_gib = memory_gib or machine_memory_gib()
+    if config.trainer.threads > cores:
+        raise SlipstreamError(f"trainer.threads {config.trainer.threads} exceeds this "
+                              f"machine's {cores} CPU cores")
+    kv = config.rollout.kv_cache_gb * config.rollout.num_workers
+    if kv >= memory_gib:
+        raise SlipstreamError(
+            f"rollout.kv_cache_gb {config.rollout.kv_cache_gb} x {config.rollout.num_workers} "
+            f"workers = {kv} GiB of KV cache; this machine has {memory_gib:.0f} GiB in all")
+    config_file = Path(model_dir) / "config.json"
+    if config_file.is_file():
+        own = json.loads(config_file.read_text()).get("max_position_embeddings")
+        if isinstance(own, int) and config.model.max_model_len > own:
+            raise SlipstreamError(f"model.max_model_len {config.model.max_model_len} exceeds "
+                                  f"the model's own context ({own}, max_position_embeddings "
+                                  f"in {config_file})")

@@ -20,6 +20,7 @@ from slipstream.errors import SlipstreamError
 from slipstream.launch.config import RunConfig
 from slipstream.launch.metrics import TensorBoardLogger
 from slipstream.launch.models import resolve_model
+from slipstream.launch.placement import check_machine
 from slipstream.model_config import ModelConfig
 from slipstream.trainer.step_record import StepResult
 from slipstream.trainer.value_head import check_value_head_fits
@@ -28,9 +29,10 @@ from slipstream.trainer.weight_publish import shm_dir
 
 def resolved_model(config: RunConfig) -> ModelConfig:
     """The model section with its path resolved to a local directory (or a hub name), once,
-    in the controller: every part then loads the same files. What the loss needs of the model
-    is checked here too, before any actor starts."""
+    in the controller: every part then loads the same files. What the loss needs of the model,
+    and what the machine can hold, are checked here too, before any actor starts."""
     model = config.model.model_copy(update={"path": resolve_model(config.model.path)})
+    check_machine(config, model.path)
     if config.trainer.loss.needs_values:
         check_value_head_fits(model.path)
     return model

@@ -70,3 +70,30 @@ def test_the_log_line_says_where_and_how():
     assert Placement(1, 1, "collective").describe(7) == \
         "learner on 1 GPU, 7 engine(s) on 1 GPU each; weights move by collective (NCCL)"
     assert Placement(0.5, 0.5, "ipc").describe(1).endswith("weights move by ipc")
+
+
+def test_numbers_the_machine_or_the_model_cannot_hold_stop_in_one_line(tmp_path):
+    from slipstream.launch.placement import check_machine
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"max_position_embeddings": 512}')
+    check_machine(parse_config(["--model.max-model-len", "512"]), str(model), 2, 24.0)
+    for argv, fragment in [
+            (["--trainer.threads", "3"], "trainer.threads 3 exceeds this machine's 2 CPU cores"),
+            (["--rollout.kv-cache-gb", "12", "--rollout.num-workers", "2"],
+             "= 24 GiB of KV cache; this machine has 24 GiB in all"),
+            (["--model.max-model-len", "1024"], "exceeds the model's own context (512")]:
+        with pytest.raises(SlipstreamError, match=fragment.replace("(", r"\(")):
+            check_machine(parse_config(argv), str(model), 2, 24.0)
+    check_machine(parse_config(["--model.max-model-len", "9999"]), "org/hub-model", 2, 24.0)
+
+
+@pytest.mark.parametrize("name", ["/no/such/model", "./no-such", "~/no-such", "models/a/b",
+                                  "dir/", "a\\b", ""])
+def test_a_model_that_looks_local_but_is_missing_is_not_taken_for_a_hub_name(name):
+    from slipstream.launch.models import resolve_model
+
+    with pytest.raises(SlipstreamError, match="does not exist|is empty"):
+        resolve_model(name)
+    assert resolve_model("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
