@@ -36,8 +36,8 @@ from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactor
 from slipstream.errors import SlipstreamError
 from slipstream.trainer.weight_publish import remove_old_weight_files, write_weights_file
 from slipstream.weight_fingerprint import fingerprint
-from slipstream.weight_wire import (meta_of, join_group, pack, plan_buckets,
-                                    update_info_from_metas, TensorMeta)
+from slipstream.weight_wire import (TensorMeta, join_group, meta_of, pack, plan_buckets,
+                                    update_info_from_metas)
 
 
 class LearnerSource(WeightSource):
