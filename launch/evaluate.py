@@ -15,17 +15,23 @@ import asyncio
 from slipstream.launch.cli import main_guard, parse_config
 
 
-async def accuracy(model: str, config, count: int) -> float:
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+async def accuracy(path: str, config, count: int) -> float:
+    """`path`: a model resolved by `resolve_model`."""
     from transformers import AutoTokenizer
 
     from slipstream.envs import build_env
-    from slipstream.launch.models import resolve_model
     from slipstream.rewards import RewardRunner, build_reward
     from slipstream.rollout.engine import VLLMEngine
     from slipstream.rollout.engine_api import SamplingSettings
     from slipstream.rollout.group import encode_prompt
 
-    path = resolve_model(model)
     prompts = build_env(config.env, config.seed).held_out(count)
     tokenizer = AutoTokenizer.from_pretrained(path)
     engine = VLLMEngine(config.model.model_copy(update={"path": path}), config.rollout,
@@ -46,12 +52,16 @@ async def accuracy(model: str, config, count: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="checkpoint directories or model names")
-    parser.add_argument("--count", type=int, default=200, help="held-out problems")
+    parser.add_argument("--count", type=positive_int, default=200, help="held-out problems")
     args, overrides = parser.parse_known_args()
     # The quickstart's env and reward unless overridden (e.g. --env.digits 1).
     config = parse_config(overrides, env={"kind": "arithmetic", "digits": 2})
-    for model in args.models:
-        score = asyncio.run(accuracy(model, config, args.count))
+    from slipstream.launch.models import resolve_model
+
+    # Every model is checked before the first engine starts.
+    paths = [resolve_model(model) for model in args.models]
+    for model, path in zip(args.models, paths):
+        score = asyncio.run(accuracy(path, config, args.count))
         print(f"{model}: held-out accuracy {score:.3f} on {args.count} problems", flush=True)
 
 

@@ -97,3 +97,19 @@ def test_muon_is_one_flag_where_deepspeed_can_run_it():
     assert config.trainer.optimizer.kind == "muon" and config.trainer.grad_clip == 1.0
     config = parse_config(["--trainer.optimizer.kind", "muon", "--trainer.grad-clip", "0"])
     assert config.trainer.zero_stage == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["/nonexistent-model"], "slipstream: model directory /nonexistent-model does not exist"),
+    (["MODEL", "./missing-model", "--count", "3"], "model directory missing-model does not"),
+    (["MODEL", "--count", "0"], "argument --count: must be at least 1, got 0"),
+    (["MODEL", "--trainer.lr", "nan"], "trainer.lr"),
+])
+def test_evaluate_checks_every_argument_before_any_engine_starts(tmp_path, args, message):
+    (tmp_path / "config.json").write_text("{}")      # a model directory, never loaded here
+    args = [str(tmp_path) if a == "MODEL" else a for a in args]
+    result = subprocess.run([sys.executable, str(ROOT / "launch" / "evaluate.py"), *args],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
