@@ -101,7 +101,8 @@ def _time_step(learner, loss_config, groups, times: list[float]) -> None:
 def _probe_step(learner, grpo, budget: int, groups, times: list[float]) -> None:
     """A GRPO step on a batch one version stale, with the probe's budget set to `budget`."""
     learner.loss, learner.config.mismatch_probe = grpo, budget
-    learner.publish()                                   # keeps this version's weights
+    if learner.replay is not None:    # what a publish records: this version's weights
+        learner.replay.keep(learner.version)
     sampled = learner.version
     learner.train_step(_restamp(groups, sampled))       # the learner moves on
     started = time.perf_counter()
