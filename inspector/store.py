@@ -73,10 +73,12 @@ class RunStore:
         if not path.is_dir():
             raise SlipstreamError(f"{directory} is not a directory")
         self.root = path.resolve()
-        markers = ("config.json", "metrics.jsonl", "rollouts")
-        if not any(self.safe_path(m, allow_dir=True) for m in markers):
-            raise SlipstreamError(f"{directory} is not a run directory "
-                                  "(no config.json, metrics.jsonl or rollouts/)")
+        # A model's folder has a config.json too: only slipstream's own (with a trainer
+        # section) marks a run that has not logged a step yet.
+        if not (any(self.safe_path(m, allow_dir=True) for m in ("metrics.jsonl", "rollouts"))
+                or self._has_run_config()):
+            raise SlipstreamError(f"{directory} is not a run directory (no metrics.jsonl, "
+                                  "rollouts/ or slipstream config.json)")
         self.skipped_lines = 0
         self.config = self._read_config()
         # Index lines as read (what the browser gets, unparsed: it parses them itself), and the
@@ -92,6 +94,14 @@ class RunStore:
         self._lock = threading.RLock()
         self._refreshed_at = 0.0
         self.refresh(force=True)
+
+    def _has_run_config(self) -> bool:
+        path = self.safe_path("config.json")
+        try:
+            config = json.loads(path.read_text()) if path else None
+        except (OSError, ValueError):
+            return False
+        return isinstance(config, dict) and "trainer" in config and "rollout" in config
 
     # -- paths -----------------------------------------------------------------------------
     def safe_path(self, relative: str, allow_dir: bool = False) -> Path | None:

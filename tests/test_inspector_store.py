@@ -98,7 +98,8 @@ def test_a_whole_rollouts_folder_linked_outside_is_ignored(tmp_path):
     outside = demo.make_demo_run(tmp_path / "outside")
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({"deterministic": False}))
+    (run / "config.json").write_text(json.dumps({"deterministic": False, "trainer": {},
+                                                "rollout": {}}))
     os.symlink(outside / "rollouts", run / "rollouts")
     assert RunStore(run).rows == []
 
@@ -116,15 +117,23 @@ def test_an_index_line_cannot_point_the_store_at_another_file(run):
 
 @pytest.mark.parametrize("kind, message", [("missing", "does not exist"),
                                            ("file", "is not a directory"),
-                                           ("empty", "is not a run directory")])
+                                           ("empty", "is not a run directory"),
+                                           ("model", "is not a run directory")])
 def test_bad_directories_are_one_line_errors(tmp_path, kind, message):
     path = tmp_path / kind
     if kind == "file":
         path.write_text("x")
-    elif kind == "empty":
+    elif kind in ("empty", "model"):
         path.mkdir()
+    if kind == "model":        # a model's folder: a config.json that is not a run's
+        (path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
     with pytest.raises(SlipstreamError, match=message):
         RunStore(path)
+
+
+def test_a_run_that_has_not_logged_a_step_opens(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"trainer": {}, "rollout": {}}))
+    assert RunStore(tmp_path).rows == []
 
 
 def test_a_garbled_index_line_is_skipped_and_counted(run):
