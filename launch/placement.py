@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slipstream.errors import SlipstreamError
+from slipstream.rollout.weight_transfer import BACKEND as SHM_BACKEND
+from slipstream.rollout.weight_transfer import COLLECTIVE_BACKEND
 
 # Measured on the CPU (2 cores, SmolLM2-135M, bf16): see the README's weight-transfer table.
 CPU_DEFAULT = "shm"
 
 # The vLLM weight-transfer backend each engine is built for.
-ENGINE_BACKENDS = {"shm": "slipstream_shm", "collective": "slipstream_collective",
-                   "ipc": "ipc"}
+ENGINE_BACKENDS = {"shm": SHM_BACKEND, "collective": COLLECTIVE_BACKEND, "ipc": "ipc"}
 # Transfers that need the engines on the learner's host.
 ONE_HOST = {"shm": "the published file lives on the learner's tmpfs",
             "ipc": "CUDA IPC handles are only valid on one GPU"}

@@ -270,11 +270,6 @@ class Learner:
             self.replay.keep(self.version)
         return published
 
-    def shutdown_transfer(self) -> None:
-        if self._sync is not None:
-            sender, self._sync = self._sync[0], None
-            sender.shutdown()
-
     def ready(self) -> bool:
         return True
 

@@ -57,10 +57,13 @@ def _packed(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torc
 
 def write_weights_file(named_tensors: Iterable[tuple[str, torch.Tensor]],
                        directory: str | Path, version: int,
-                       fingerprint_names: Sequence[str] | None = None) -> WeightsFile:
+                       fingerprint_names: Sequence[str] | None = None,
+                       fingerprinted: bool = True) -> WeightsFile:
     """Write `directory/weights-v{version}.safetensors` atomically and fingerprint it.
 
-    `fingerprint_names` defaults to fingerprint_names_for(the names written)."""
+    `fingerprint_names` defaults to fingerprint_names_for(the names written). `fingerprinted`
+    False leaves the fingerprint empty, for a caller that already took it (the learner's
+    source fingerprints what it yields: trainer/weight_transfer.py)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = _packed(named_tensors)
@@ -76,7 +79,8 @@ def write_weights_file(named_tensors: Iterable[tuple[str, torch.Tensor]],
     finally:
         tmp.unlink(missing_ok=True)
     nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
-    return WeightsFile(str(path), version, nbytes, fingerprint(tensors.items(), names))
+    return WeightsFile(str(path), version, nbytes,
+                       fingerprint(tensors.items(), names) if fingerprinted else {})
 
 
 def remove_old_weight_files(directory: str | Path, keep_version: int) -> None:

@@ -106,7 +106,8 @@ class ShmTrainerEngine(TrainerWeightTransferEngine[ShmTrainerInitInfo]):
     def send_weights(self) -> None:
         # Written before the engines pause: they keep generating meanwhile.
         self.files_written += 1
-        written = write_weights_file(iter(self.source), self.weights_dir, self.files_written)
+        written = write_weights_file(iter(self.source), self.weights_dir, self.files_written,
+                                     fingerprinted=False)    # the source fingerprints it
         self.client.start_weight_update()
         self.client.update_weights({"path": written.path})
         self.client.finish_weight_update()
