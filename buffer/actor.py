@@ -25,9 +25,10 @@ from slipstream.buffer.snapshots import append_evictions, write_snapshot
 @ray.remote(num_cpus=0)
 class ReplayBufferActor:
     def __init__(self, config: BufferConfig, groups_per_step: int, directory: str,
-                 max_uniform_drops: int | None = None) -> None:
+                 max_uniform_drops: int | None = None, restore: dict | None = None) -> None:
         """`max_uniform_drops`: dynamic sampling on, stopping after that many groups in a row
-        were dropped for equal rewards; None: off."""
+        were dropped for equal rewards; None: off. `restore`: what `export_state` returned in
+        the run being resumed."""
         self._buffer = ReplayBuffer(groups_per_step, config.max_lag, config.capacity_groups,
                                     pinned=config.schedule == "pinned",
                                     drop_uniform=max_uniform_drops is not None,
@@ -36,22 +37,39 @@ class ReplayBufferActor:
         self._dir = Path(directory)
         self._dir.mkdir(parents=True, exist_ok=True)
         self._closed = False
+        self._evictions_logged = 0        # lines in evictions.jsonl (a resume cuts it there)
+        self._holder: dict[int, int] = {}  # ticket in flight -> the worker generating it
+        if restore is not None:
+            self._buffer.restore(restore["buffer"])
+            self._evictions_logged = restore["evictions_logged"]
 
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
 
-    async def acquire_ticket(self) -> int | None:
-        """Wait until a group may be started; None once the buffer is closed."""
+    async def acquire_ticket(self, worker_id: int = 0) -> int | None:
+        """Wait until a group may be started; None once the buffer is closed. The ticket is
+        `worker_id`'s until its group is put (`reissue_worker`)."""
         async with self._changed:
             while not self._closed:
                 ticket = self._buffer.try_ticket()
                 if ticket is not None:
+                    self._holder[ticket] = worker_id
                     return ticket
                 await self._changed.wait()
         return None
 
+    async def reissue_worker(self, worker_id: int) -> list[int]:
+        """The tickets `worker_id` held (its process died): handed out again, to any worker."""
+        lost = sorted(t for t, w in self._holder.items() if w == worker_id)
+        for ticket in lost:
+            del self._holder[ticket]
+        self._buffer.reissue_tickets(lost)
+        await self._notify()
+        return lost
+
     async def put(self, ticket: int, group: Group) -> None:
+        self._holder.pop(ticket, None)
         before = len(self._buffer.evictions)
         try:
             self._buffer.put(ticket, group)
@@ -88,6 +106,12 @@ class ReplayBufferActor:
 
     def _log_evictions(self, evictions: list) -> None:
         append_evictions(self._dir, evictions)
+        self._evictions_logged += len(evictions)
+
+    async def export_state(self) -> dict:
+        """The buffer's state for a checkpoint (ReplayBuffer.state) and how many lines of
+        evictions.jsonl belong to it."""
+        return {"buffer": self._buffer.state(), "evictions_logged": self._evictions_logged}
 
     async def snapshot(self, step: int | str, learner_version: int) -> str:
         return str(write_snapshot(self._buffer, self._dir, step, learner_version))

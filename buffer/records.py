@@ -139,3 +139,9 @@ def sample_from_json(data: Mapping[str, Any]) -> Sample:
     fields = {f.name for f in dataclasses.fields(Sample)}
     values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in fields}
     return Sample(**values)
+
+
+def group_from_json(data: Mapping[str, Any]) -> Group:
+    """The inverse of `to_json_dict` for a group (a resumed buffer's waiting groups)."""
+    return Group(group_id=data["group_id"], ticket=data["ticket"], prompt_id=data["prompt_id"],
+                 samples=tuple(sample_from_json(s) for s in data["samples"]))

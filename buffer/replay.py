@@ -36,8 +36,9 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
-from slipstream.buffer.records import Group
+from slipstream.buffer.records import Group, group_from_json, to_json_dict
 
 
 def is_uniform(group: Group) -> bool:
@@ -64,6 +65,9 @@ class ReplayBuffer:
     next_ticket: int = 0
     waiting: dict[int, Group] = field(default_factory=dict)   # ticket -> finished group
     in_flight: set[int] = field(default_factory=set)          # tickets handed out, not yet put
+    # Tickets handed out once whose group never came back (a run resumed from a checkpoint, a
+    # worker that died): handed out again, lowest first, before any new ticket.
+    reissue: list[int] = field(default_factory=list)
     evictions: list[Eviction] = field(default_factory=list)
     eviction_counts: Counter = field(default_factory=Counter)
     groups_put: int = 0
@@ -89,17 +93,28 @@ class ReplayBuffer:
         return max(0, self.ticket_step(ticket) - self.max_lag)
 
     def try_ticket(self) -> int | None:
-        """The next ticket if the staleness bound and the capacity allow starting it, else None."""
+        """The next ticket if the staleness bound and the capacity allow starting it, else None.
+        A ticket to re-issue comes first, under the same rules: the same prompt and seeds, and
+        a weight version its step allows (under the pinned schedule, exactly its own)."""
         if len(self.waiting) + len(self.in_flight) >= self.capacity_groups:
             return None
-        if self.ticket_step(self.next_ticket) - self.max_lag > self.rollout_version:
+        ticket = self.reissue[0] if self.reissue else self.next_ticket
+        if self.ticket_step(ticket) - self.max_lag > self.rollout_version:
             return None
-        if self.pinned and self.pinned_version(self.next_ticket) != self.rollout_version:
+        if self.pinned and self.pinned_version(ticket) != self.rollout_version:
             return None
-        ticket = self.next_ticket
-        self.next_ticket += 1
+        if self.reissue:
+            self.reissue.pop(0)
+        else:
+            self.next_ticket += 1
         self.in_flight.add(ticket)
         return ticket
+
+    def reissue_tickets(self, tickets) -> None:
+        """Hand these in-flight tickets out again (their worker is gone)."""
+        lost = set(tickets) & self.in_flight
+        self.in_flight -= lost
+        self.reissue = sorted(set(self.reissue) | lost)
 
     def put(self, ticket: int, group: Group) -> None:
         if ticket not in self.in_flight:
@@ -124,7 +139,8 @@ class ReplayBuffer:
     def generated_through(self, version: int) -> bool:
         """True once every ticket pinned to `version` or older has been granted and put back."""
         return (self.pinned_version(self.next_ticket) > version
-                and all(self.pinned_version(t) > version for t in self.in_flight))
+                and all(self.pinned_version(t) > version
+                        for t in (*self.in_flight, *self.reissue)))
 
     def _evict(self, ticket: int, group: Group, reason: str, learner_version: int) -> None:
         eviction = Eviction(group.group_id, ticket, reason, group.oldest_version, learner_version)
@@ -147,11 +163,34 @@ class ReplayBuffer:
         self.groups_taken += len(tickets)
         return [self.waiting.pop(t) for t in tickets]
 
+    def state(self) -> dict[str, Any]:
+        """Everything a resumed run needs to go on exactly where this one is, as plain JSON:
+        the waiting groups whole, and the tickets in flight (to be generated again)."""
+        return {"next_ticket": self.next_ticket,
+                "reissue": sorted({*self.in_flight, *self.reissue}),
+                "waiting": [to_json_dict(self.waiting[t]) for t in sorted(self.waiting)],
+                "eviction_counts": dict(self.eviction_counts), "groups_put": self.groups_put,
+                "groups_taken": self.groups_taken,
+                "uniform_drops_in_row": self.uniform_drops_in_row,
+                "learner_version": self.learner_version}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """The inverse of `state`, into a new buffer of the same configuration."""
+        self.next_ticket = state["next_ticket"]
+        self.reissue = list(state["reissue"])
+        self.in_flight = set()
+        self.waiting = {g.ticket: g for g in map(group_from_json, state["waiting"])}
+        self.eviction_counts = Counter(state["eviction_counts"])
+        self.groups_put, self.groups_taken = state["groups_put"], state["groups_taken"]
+        self.uniform_drops_in_row = state["uniform_drops_in_row"]
+        self.learner_version = state["learner_version"]
+
     def stats(self, learner_version: int) -> dict[str, float]:
         ages = [learner_version - g.oldest_version for g in self.waiting.values()]
         return {
             "buffer/waiting_groups": len(self.waiting),
             "buffer/in_flight_groups": len(self.in_flight),
+            "buffer/reissue_groups": len(self.reissue),
             "buffer/evicted_stale": self.eviction_counts["stale"],
             "buffer/dropped_uniform": self.eviction_counts["uniform_reward"],
             "buffer/groups_put": self.groups_put,

@@ -21,7 +21,7 @@ from typing import Any
 from slipstream.inspector.encoding import html_embedded_json
 from slipstream.inspector.query import Query, select
 from slipstream.inspector.server import STATIC_DIR
-from slipstream.inspector.store import RunStore
+from slipstream.inspector.store import DataError, RunStore
 
 SCRIPTS = ("common.js", "tokens.js", "charts.js", "views.js", "app.js")
 
@@ -48,14 +48,18 @@ def choose_rows(store: RunStore, query: Query, limit: int, max_bytes: int
 
 
 def export_payload(store: RunStore, rows: list[dict[str, Any]], left_out: int) -> dict[str, Any]:
-    samples = {}
+    samples, unreadable = {}, 0
     for row in rows:
-        record = store.sample(row["id"], row["step"])
+        try:
+            record = store.sample(row["id"], row["step"])
+        except DataError:       # its step file changed since it was indexed: the row stays
+            record, unreadable = None, unreadable + 1
         if record is not None:
             samples[f"{row['id']}@{row['step']}"] = record
     buffer = store.buffer_info(None)
     run = store.run_info()
-    run["export"] = {"samples": len(rows), "left_out": left_out, "of": len(store.rows)}
+    run["export"] = {"samples": len(rows), "left_out": left_out, "of": len(store.rows),
+                     "unreadable": unreadable}
     return {"run": run, "rows": rows, "metrics": store.metrics, "samples": samples,
             "buffer": {"snapshots": buffer["snapshots"],
                        "rows": {name: store.snapshot(name) for name in buffer["snapshots"]},

@@ -11,6 +11,9 @@ A query is a flat mapping of strings (what a URL carries):
     finish  "stop", "length", ...       text  case-insensitive substring of id, prompt or completion
     sort    one of SORT_KEYS (default "step"; ties keep index order)   desc  "1" for descending
     page    1-based                     per_page  1..500 (default 50)
+
+A NaN in a row (a diverged run's advantage) counts as missing: it matches no range and sorts
+last, since it compares false with everything and would otherwise scramble the sort.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ def _integer(params: Mapping[str, str], name: str, default: int) -> int:
 def matches(row: Mapping[str, Any], query: Query) -> bool:
     for key, low, high in query.ranges:
         value = row.get(key)
-        if value is None:
+        if _absent(value):
             return False
         if (low is not None and value < low) or (high is not None and value > high):
             return False
@@ -98,6 +101,8 @@ def matches(row: Mapping[str, Any], query: Query) -> bool:
     return True
 
 
+def _absent(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def select(rows: Sequence[Mapping[str, Any]], query: Query) -> list[Mapping[str, Any]]:
@@ -105,8 +110,8 @@ def select(rows: Sequence[Mapping[str, Any]], query: Query) -> list[Mapping[str,
     ties keep the index's order (steps in order, each step's samples as written); rows without
     the key go last either way."""
     kept = [r for r in rows if matches(r, query)]
-    present = [r for r in kept if r.get(query.sort) is not None]
-    missing = [r for r in kept if r.get(query.sort) is None]
+    present = [r for r in kept if not _absent(r.get(query.sort))]
+    missing = [r for r in kept if _absent(r.get(query.sort))]
     present.sort(key=lambda r: r[query.sort], reverse=query.desc)
     return present + missing
 

@@ -4,9 +4,17 @@ Reading rules, the inspector's safety and liveness rest on them:
 * **Only inside DIR.** Every file is reached from the run directory by a name the store builds
   itself (`step-NNNNNN.jsonl`, `snapshot-*.jsonl`, ...), never from a path a client sent, and is
   resolved and checked to lie inside DIR: a symlink that leaves DIR is ignored, as if absent.
-* **Live.** JSON Lines files are followed by byte offset; only whole lines (ending in a newline)
-  are consumed, so a half-written last line is left for the next refresh, never an error. A
-  complete line that is not JSON is skipped and counted (`skipped_lines`).
+* **Nothing on disk is trusted.** Every row is checked where it enters the store
+  (validate.py): a line that is not a JSON object, a field of the wrong type, an index row whose
+  `file` is not a step file in rollouts/ or whose `offset` + `bytes` run past its end, a second
+  row for the same sample and step: each is skipped and counted by file and reason (`skipped`,
+  in /api/run). So every row served, to the page and the API alike, is well formed and appears
+  once. A step file changed after it was indexed is caught when a record is read: the record
+  must be whole, well formed and the sample the index names, else `DataError`, which the server
+  answers with a readable JSON error.
+* **Live.** JSON Lines files are followed by byte offset (jsonl.py); a half-written last line is
+  left for the next refresh. An index or metrics file rewritten (a resume rewinds both) is read
+  again from its start, and `generation` goes up so the page knows to reload its rows.
 * **Cheap to open.** The table needs only `rollouts/index.jsonl` (buffer/rollout_log.py); a
   sample's full record is read on demand by seeking to its byte offset in its step file. Step
   files without index lines (older runs) are summarised once from the file itself.
@@ -15,52 +23,40 @@ Reading rules, the inspector's safety and liveness rest on them:
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from slipstream.buffer.browser_json import browser_json, revive_floats
+from slipstream.buffer.browser_json import browser_json
 from slipstream.buffer.rollout_log import INDEX_NAME, index_row
 from slipstream.errors import SlipstreamError
+from slipstream.inspector.jsonl import MAX_LINE_BYTES, JsonlFollower, parse_line
+from slipstream.inspector.validate import (
+    STEP_FILE, config_max_lag, eviction_problem, index_row_problem, metrics_row_problem,
+    record_problem, snapshot_row_problem)
 
-_STEP_FILE = re.compile(r"^step-\d{6,}\.jsonl$")
 _SNAPSHOT_FILE = re.compile(r"^snapshot-(step\d{6,}|final)\.jsonl$")
+_INDEX = f"rollouts/{INDEX_NAME}"
+_METRICS = "metrics.jsonl"
+_CONFIG = "config.json"
+_MAX_CONFIG_BYTES = 16 * 2**20
 _REFRESH_EVERY_S = 0.5
 _SETTLE_S = 3.0
-_FILE_FIELD = re.compile(rb'"file": "(step-\d{6,}\.jsonl)"')
+_NOT_JSON = "not a JSON object"
+_TOO_LONG = f"a line longer than {MAX_LINE_BYTES} bytes"
+_DUPLICATE = "a second row for the same sample and step"
 
 
-class JsonlFollower:
-    """Reads the complete lines appended to one file since the last call."""
+class DataError(SlipstreamError):
+    """Files of the run disagree (an index row and the step file it points into): the server
+    answers with `status` and this message, which says what is wrong where."""
 
-    def __init__(self, store: RunStore, relative: str) -> None:
-        self._store, self._relative = store, relative
-        self._offset = 0
-        self._size = -1
-
-    def new_lines(self) -> list[bytes]:
-        """The complete lines appended since the last call, as bytes (newline stripped)."""
-        path = self._store.safe_path(self._relative)
-        if path is None:
-            return []
-        size = path.stat().st_size
-        if size < self._offset:               # rewritten from scratch: start over
-            self._offset = 0
-        if size == self._offset:
-            return []
-        with path.open("rb") as handle:
-            handle.seek(self._offset)
-            data = handle.read(size - self._offset)
-        complete = data[: data.rfind(b"\n") + 1]   # a half-written last line waits
-        self._offset += len(complete)
-        return [line for line in complete.split(b"\n") if line.strip()]
-
-    def new_rows(self) -> list[dict[str, Any]]:
-        """`new_lines` parsed; a complete line that is not a JSON object is skipped, counted."""
-        return [row for row in map(self._store.parse_line, self.new_lines()) if row is not None]
+    status = 500
 
 
 class RunStore:
@@ -73,35 +69,43 @@ class RunStore:
         if not path.is_dir():
             raise SlipstreamError(f"{directory} is not a directory")
         self.root = path.resolve()
+        # Skipped lines by file, then by reason: a file read again from its start (rewritten)
+        # drops its own counts, so the totals describe the files as they are now.
+        self._skipped: dict[str, Counter[str]] = {}
+        self.config = self._read_config()
         # A model's folder has a config.json too: only slipstream's own (with a trainer
         # section) marks a run that has not logged a step yet.
-        if not (any(self.safe_path(m, allow_dir=True) for m in ("metrics.jsonl", "rollouts"))
-                or self._has_run_config()):
+        if not (any(self.safe_path(m, allow_dir=True) for m in (_METRICS, "rollouts"))
+                or ("trainer" in self.config and "rollout" in self.config)):
             raise SlipstreamError(f"{directory} is not a run directory (no metrics.jsonl, "
                                   "rollouts/ or slipstream config.json)")
-        self.skipped_lines = 0
-        self.config = self._read_config()
-        # Index lines as read (what the browser gets, unparsed: it parses them itself), and the
-        # same lines parsed into rows on first use (queries, lookups by id), so opening a run
-        # costs one read of the index, not 25,000 json.loads.
-        self.index_lines: list[bytes] = []
-        self._rows: list[dict[str, Any]] = []
-        self.metrics: list[dict[str, Any]] = []
-        self._indexed_files: set[bytes] = set()
-        self._summarised_files: set[str] = set()
-        self._index = JsonlFollower(self, f"rollouts/{INDEX_NAME}")
-        self._metrics = JsonlFollower(self, "metrics.jsonl")
+        self.max_lag = config_max_lag(self.config)
+        self.generation = 0
         self._lock = threading.RLock()
+        self._index = JsonlFollower(self._locator(_INDEX))
+        self._metrics = JsonlFollower(self._locator(_METRICS))
+        self._clear_index()
+        self._clear_metrics()
         self._refreshed_at = 0.0
         self.refresh(force=True)
 
-    def _has_run_config(self) -> bool:
-        path = self.safe_path("config.json")
-        try:
-            config = json.loads(path.read_text()) if path else None
-        except (OSError, ValueError):
-            return False
-        return isinstance(config, dict) and "trainer" in config and "rollout" in config
+    def _clear_index(self) -> None:
+        # Index lines as read (what the browser gets, unparsed: it parses them itself) and the
+        # same rows parsed, with lookups by (id, step), id and group.
+        self.index_lines: list[bytes] = []
+        self._rows: list[dict[str, Any]] = []
+        self._by_key: dict[tuple[str, int], dict[str, Any]] = {}
+        self._by_id: dict[str, list[dict[str, Any]]] = {}
+        self._by_group: dict[str, list[dict[str, Any]]] = {}
+        self._indexed_files: set[str] = set()
+        self._summarised_files: set[str] = set()
+        for source in [s for s in self._skipped if s.startswith("rollouts/")]:
+            del self._skipped[source]
+
+    def _clear_metrics(self) -> None:
+        self.metrics: list[dict[str, Any]] = []
+        self._metric_steps: set[int] = set()
+        self._skipped.pop(_METRICS, None)
 
     # -- paths -----------------------------------------------------------------------------
     def safe_path(self, relative: str, allow_dir: bool = False) -> Path | None:
@@ -109,7 +113,7 @@ class RunStore:
         candidate = self.root / relative
         try:
             resolved = candidate.resolve(strict=True)
-        except (OSError, RuntimeError):
+        except (OSError, RuntimeError, ValueError):
             return None
         if resolved != self.root and self.root not in resolved.parents:
             return None
@@ -117,35 +121,48 @@ class RunStore:
             return resolved
         return None
 
+    def _locator(self, relative: str) -> Callable[[], Path | None]:
+        return lambda: self.safe_path(relative)
+
     def _listing(self, folder: str, pattern: re.Pattern) -> list[str]:
         directory = self.safe_path(folder, allow_dir=True)
-        if directory is None or not directory.is_dir():
+        try:
+            names = sorted(p.name for p in directory.iterdir() if pattern.match(p.name)) \
+                if directory is not None else []
+        except OSError:                       # removed or unreadable meanwhile: nothing yet
             return []
-        names = sorted(p.name for p in directory.iterdir() if pattern.match(p.name))
         return [n for n in names if self.safe_path(f"{folder}/{n}") is not None]
 
     def _read_config(self) -> dict[str, Any]:
-        path = self.safe_path("config.json")
+        path = self.safe_path(_CONFIG)
         if path is None:
             return {}
         try:
-            config = json.loads(path.read_text())
-        except ValueError:
+            too_large = path.stat().st_size > _MAX_CONFIG_BYTES
+            config = None if too_large else json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError):
+            config = None
+        if not isinstance(config, dict):
+            self._skip(_CONFIG, _NOT_JSON)
             return {}
-        return config if isinstance(config, dict) else {}
+        return config
+
+    # -- skipped lines ---------------------------------------------------------------------
+    def _skip(self, source: str, reason: str, count: int = 1) -> None:
+        if count:
+            self._skipped.setdefault(source, Counter())[reason] += count
+
+    @property
+    def skipped_lines(self) -> int:
+        """Lines skipped in the files the store follows (index, step files, metrics, config)."""
+        return sum(sum(reasons.values()) for reasons in self._skipped.values())
+
+    def skipped(self) -> dict[str, int]:
+        """Skipped lines as {"FILE: reason": count}."""
+        return {f"{source}: {reason}": n for source, reasons in sorted(self._skipped.items())
+                for reason, n in sorted(reasons.items())}
 
     # -- following ---------------------------------------------------------------------------
-    def parse_line(self, line: bytes, count: bool = True) -> dict[str, Any] | None:
-        """One JSON Lines line as a dict, or None (counted in `skipped_lines` if `count`)."""
-        try:
-            row = json.loads(line, object_hook=revive_floats if b'"$float"' in line else None)
-        except ValueError:
-            row = None
-        if not isinstance(row, dict):
-            self.skipped_lines += count
-            return None
-        return row
-
     def refresh(self, force: bool = False) -> None:
         """Take in what was appended since the last refresh (at most every 0.5 s)."""
         with self._lock:
@@ -153,106 +170,200 @@ class RunStore:
             if not force and now - self._refreshed_at < _REFRESH_EVERY_S:
                 return
             self._refreshed_at = now
-            lines = self._index.new_lines()
-            self._indexed_files.update(m.group(1) for m in map(_FILE_FIELD.search, lines) if m)
-            self.index_lines.extend(lines)
-            for name in self._listing("rollouts", _STEP_FILE):
-                if name.encode() not in self._indexed_files and name not in self._summarised_files:
-                    self._summarise_step_file(name)
-            self.metrics.extend(r for r in self._metrics.new_rows() if "step" in r)
+            self._follow_index()
+            self._follow_metrics()
 
-    @property
-    def rows(self) -> list[dict[str, Any]]:
-        """Every index row, parsed (the first call parses the whole index)."""
-        with self._lock:
-            for line in self.index_lines[len(self._rows) + self._unparsable:]:
-                row = self.parse_line(line)
-                if row is None:
-                    self._unparsable += 1
-                    continue
-                self._rows.append(row)
-            return self._rows
+    def _follow_index(self) -> None:
+        entries, too_long, rewritten = self._index.new_lines()
+        if rewritten:
+            self._clear_index()
+            self.generation += 1
+        self._skip(_INDEX, _TOO_LONG, too_long)
+        sizes: dict[str, int | None] = {}     # step file sizes, looked up once per refresh
+        for _, line in entries:
+            row, browser_ready = parse_line(line)
+            if row is None:
+                self._skip(_INDEX, _NOT_JSON)
+                continue
+            if isinstance(row.get("file"), str):
+                self._indexed_files.add(row["file"])
+            # A line the browser's JSON.parse would reject (a NaN literal) is served re-encoded.
+            self._add_row(row, line if browser_ready else None, _INDEX, sizes)
+        for name in self._listing("rollouts", STEP_FILE):
+            if name not in self._indexed_files and name not in self._summarised_files:
+                self._summarise_step_file(name, sizes)
 
-    _unparsable = 0                            # index lines that were not JSON objects
+    def _add_row(self, row: dict[str, Any], line: bytes | None, source: str,
+                 sizes: dict[str, int | None]) -> None:
+        """The one way an index row enters the store: checked, placed, unique, or counted."""
+        problem = index_row_problem(row) or self._placement_problem(row, sizes)
+        if problem is None and (row["id"], row["step"]) in self._by_key:
+            problem = _DUPLICATE
+        if problem is not None:
+            self._skip(source, problem)
+            return
+        self.index_lines.append(line if line is not None else browser_json(row).encode())
+        self._rows.append(row)
+        self._by_key[(row["id"], row["step"])] = row
+        self._by_id.setdefault(row["id"], []).append(row)
+        self._by_group.setdefault(row["group"], []).append(row)
 
-    def _summarise_step_file(self, name: str) -> None:
-        """Index lines made from a step file that has none (a run from before the index). Only
+    def _placement_problem(self, row: dict[str, Any], sizes: dict[str, int | None]) -> str | None:
+        name = row["file"]
+        if name not in sizes:
+            path = self.safe_path(f"rollouts/{name}")
+            try:
+                sizes[name] = path.stat().st_size if path is not None else None
+            except OSError:
+                sizes[name] = None
+        if sizes[name] is None:
+            return "'file' names no step file in rollouts/"
+        if row["offset"] + row["bytes"] > sizes[name]:
+            return "'offset' + 'bytes' run past the end of the step file"
+        return None
+
+    def _summarise_step_file(self, name: str, sizes: dict[str, int | None]) -> None:
+        """Index rows made from a step file that has none (a run from before the index). Only
         once the file has been in place a few seconds: the writer appends a step's index lines
         right after renaming its file, and they, not a summary, should win that race."""
-        path = self.safe_path(f"rollouts/{name}")
-        if path is None or time.time() - path.stat().st_mtime < _SETTLE_S:
+        source = f"rollouts/{name}"
+        path = self.safe_path(source)
+        try:
+            if path is None or time.time() - path.stat().st_mtime < _SETTLE_S:
+                return
+        except OSError:
             return
         self._summarised_files.add(name)
-        offset = 0
-        with path.open("rb") as handle:
-            for line in handle:
-                if line.endswith(b"\n"):
-                    try:
-                        row = index_row(json.loads(line), name, offset, len(line))
-                        self.index_lines.append(browser_json(row).encode())
-                    except (ValueError, KeyError, TypeError):
-                        self.skipped_lines += 1
-                offset += len(line)
+        entries, too_long, _ = JsonlFollower(lambda: path).new_lines()
+        self._skip(source, _TOO_LONG, too_long)
+        for offset, line in entries:
+            record, _ = parse_line(line)
+            problem = record_problem(record)
+            if problem is not None:
+                self._skip(source, problem)
+                continue
+            try:
+                row = index_row(record, name, offset, len(line) + 1)
+            except (KeyError, TypeError, ValueError, OverflowError):
+                self._skip(source, "the record lacks a field the index needs")
+                continue
+            self._add_row(row, None, source, sizes)
+
+    def _follow_metrics(self) -> None:
+        entries, too_long, rewritten = self._metrics.new_lines()
+        if rewritten:
+            self._clear_metrics()
+            self.generation += 1
+        self._skip(_METRICS, _TOO_LONG, too_long)
+        for _, line in entries:
+            row, _ = parse_line(line)
+            problem = _NOT_JSON if row is None else metrics_row_problem(row)
+            if problem is None and row["step"] in self._metric_steps:
+                problem = "a second row for the same step"
+            if problem is not None:
+                self._skip(_METRICS, problem)
+                continue
+            self._metric_steps.add(row["step"])
+            self.metrics.append(row)
 
     # -- reading -----------------------------------------------------------------------------
-    def _lines_where(self, key: str, value: str) -> list[dict[str, Any]]:
-        """The index rows whose `key` is `value`, found in the raw lines without parsing the
-        rest (the writer's json.dumps puts `"key": value` in this exact form)."""
-        needle = f'"{key}": {json.dumps(value)},'.encode()
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """Every index row that passed its checks, in index order."""
         with self._lock:
-            lines = [line for line in self.index_lines if needle in line]
-        rows = [self.parse_line(line, count=False) for line in lines]
-        return [r for r in rows if r is not None and r.get(key) == value]
+            return self._rows
 
     def find_row(self, sample_id: str, step: int | None = None) -> dict[str, Any] | None:
         """The index row of a sample (at `step`, or its latest), or None."""
-        matches = [r for r in self._lines_where("id", sample_id)
-                   if step is None or r.get("step") == step]
-        return matches[-1] if matches else None
-
-    def sample(self, sample_id: str, step: int | None = None) -> dict[str, Any] | None:
-        """The full `TrainedSample` record of one indexed sample, or None."""
-        row = self.find_row(sample_id, step)
-        if row is None or not _STEP_FILE.match(str(row.get("file", ""))):
-            return None
-        path = self.safe_path(f"rollouts/{row['file']}")
-        if path is None:
-            return None
-        with path.open("rb") as handle:
-            handle.seek(int(row["offset"]))
-            line = handle.read(int(row["bytes"]))
-        try:
-            record = json.loads(line)
-        except ValueError:
-            return None
-        if record.get("sample", {}).get("sample_id") != sample_id:
-            return None
-        return record
+        with self._lock:
+            if step is not None:
+                return self._by_key.get((sample_id, step))
+            rows = self._by_id.get(sample_id)
+            return rows[-1] if rows else None
 
     def group(self, group_id: str) -> list[dict[str, Any]]:
-        return self._lines_where("group", group_id)
+        with self._lock:
+            return list(self._by_group.get(group_id, ()))
+
+    def sample(self, sample_id: str, step: int | None = None) -> dict[str, Any] | None:
+        """The full `TrainedSample` record of one indexed sample; None if it is not indexed;
+        DataError if its step file no longer holds it where the index says."""
+        row = self.find_row(sample_id, step)
+        if row is None:
+            return None
+        what = f"sample {sample_id} of step {row['step']}"
+        where = f"rollouts/{row['file']}"
+        start, end = row["offset"], row["offset"] + row["bytes"]
+        path = self.safe_path(where)
+        if path is None:
+            raise DataError(f"{what}: {where} is no longer in the run directory")
+        try:
+            with path.open("rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if end > size:
+                    raise DataError(f"{what}: the index puts it at bytes {start}..{end} of "
+                                    f"{where}, which now has {size} bytes (rewritten shorter)")
+                handle.seek(start)
+                line = handle.read(row["bytes"])
+        except OSError as error:
+            raise DataError(f"{what}: cannot read {where}: {error.strerror}") from None
+        record, _ = parse_line(line)
+        problem = record_problem(record)
+        if problem is not None:
+            raise DataError(f"{what}: bytes {start}..{end} of {where} are not its record "
+                            f"({problem}); the file changed after it was indexed")
+        found = (record["sample"]["sample_id"], record["step"])
+        if found != (sample_id, row["step"]):
+            raise DataError(f"{what}: bytes {start}..{end} of {where} hold sample "
+                            f"{found[0][:80]!r} of step {found[1]}; the file changed after it "
+                            "was indexed")
+        return record
 
     def snapshot_names(self) -> list[str]:
         names = self._listing("buffer", _SNAPSHOT_FILE)
         # Steps in order, the final snapshot last.
         return sorted(names, key=lambda n: (n == "snapshot-final.jsonl", n))
 
+    def _buffer_rows(self, name: str, problem_of: Callable[[dict], str | None],
+                     key_of: Callable[[dict], Any]) -> tuple[list[dict[str, Any]], int]:
+        """The good rows of buffer/NAME, each once (by `key_of`), and how many lines were
+        skipped. Read whole per request, so counted per answer, not in the store's totals."""
+        entries, skipped, _ = JsonlFollower(self._locator(f"buffer/{name}")).new_lines()
+        rows, seen = [], set()
+        for _, line in entries:
+            row, _ = parse_line(line)
+            if row is None or problem_of(row) is not None or key_of(row) in seen:
+                skipped += 1
+                continue
+            seen.add(key_of(row))
+            rows.append(row)
+        return rows, skipped
+
+    def _snapshot(self, name: str) -> tuple[list[dict[str, Any]], int]:
+        if name not in self.snapshot_names():
+            return [], 0
+        rows, skipped = self._buffer_rows(name, snapshot_row_problem,
+                                          lambda row: row["sample"]["sample_id"])
+        return [_snapshot_summary(row) for row in rows], skipped
+
     def snapshot(self, name: str) -> list[dict[str, Any]]:
         """The rows of one snapshot, by a name from `snapshot_names` (anything else: [])."""
-        if name not in self.snapshot_names():
-            return []
-        follower = JsonlFollower(self, f"buffer/{name}")
-        return [_snapshot_summary(row) for row in follower.new_rows()]
+        return self._snapshot(name)[0]
 
     def evictions(self) -> list[dict[str, Any]]:
-        return JsonlFollower(self, "buffer/evictions.jsonl").new_rows()
+        return self._buffer_rows("evictions.jsonl", eviction_problem,
+                                 lambda row: (row["group_id"], row["ticket"]))[0]
 
     def run_info(self) -> dict[str, Any]:
-        """What the page needs first; cheap (no parse of the index)."""
-        return {"name": self.root.name, "deterministic": self.config.get("deterministic") is True,
-                "max_lag": (self.config.get("buffer") or {}).get("max_lag"),
-                "samples": len(self.index_lines), "metric_rows": len(self.metrics),
-                "skipped_lines": self.skipped_lines, "config": self.config}
+        """What the page needs first; cheap. `skipped_lines` counts the lines skipped in the
+        index, step files, metrics and config; `skipped` names the file and reason of each."""
+        with self._lock:
+            return {"name": self.root.name,
+                    "deterministic": self.config.get("deterministic") is True,
+                    "max_lag": self.max_lag, "samples": len(self.index_lines),
+                    "metric_rows": len(self.metrics), "skipped_lines": self.skipped_lines,
+                    "skipped": self.skipped(), "generation": self.generation,
+                    "config": self.config}
 
     def deterministic_banner(self) -> dict[str, int] | None:
         """In a deterministic run, the tokens compared and those whose gap is not exactly 0
@@ -260,26 +371,29 @@ class RunStore:
         if self.config.get("deterministic") is not True:
             return None
         rows = self.rows
-        return {"tokens": sum(int(r.get("det_tokens") or 0) for r in rows),
-                "nonzero": sum(int(r.get("det_nonzero") or 0) for r in rows)}
+        return {"tokens": sum(r.get("det_tokens") or 0 for r in rows),
+                "nonzero": sum(r.get("det_nonzero") or 0 for r in rows)}
 
     def buffer_info(self, name: str | None) -> dict[str, Any]:
+        """One snapshot's rows and the evictions; `skipped_lines`: lines of the two files
+        skipped as malformed or repeated."""
         names = self.snapshot_names()
         chosen = name if name in names else (names[-1] if names else None)
-        evictions = self.evictions()
-        return {"snapshots": names, "snapshot": chosen,
-                "rows": self.snapshot(chosen) if chosen else [],
-                "evictions": evictions,
-                "eviction_counts": dict(Counter(str(e.get("reason")) for e in evictions))}
+        rows, skipped = self._snapshot(chosen) if chosen else ([], 0)
+        evictions, skipped_evictions = self._buffer_rows(
+            "evictions.jsonl", eviction_problem, lambda row: (row["group_id"], row["ticket"]))
+        return {"snapshots": names, "snapshot": chosen, "rows": rows,
+                "evictions": evictions, "skipped_lines": skipped + skipped_evictions,
+                "eviction_counts": dict(Counter(e["reason"] for e in evictions))}
 
 
 def _snapshot_summary(row: dict[str, Any]) -> dict[str, Any]:
-    sample = row.get("sample") or {}
+    sample = row["sample"]
     versions = sample.get("versions_T") or []
     return {"ticket": row.get("ticket"), "learner_version": row.get("learner_version"),
             "age": row.get("age"), "max_lag": row.get("max_lag"),
-            "reuse": row.get("reuse_count", 0), "id": sample.get("sample_id"),
+            "reuse": row.get("reuse_count", 0), "id": sample["sample_id"],
             "group": sample.get("group_id"), "len": len(versions),
             "version_min": min(versions, default=None),
             "version_max": max(versions, default=None), "reward": sample.get("reward"),
-            "text": str(sample.get("completion_text", ""))[:200]}
+            "text": str(sample.get("completion_text") or "")[:200]}

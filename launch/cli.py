@@ -51,14 +51,30 @@ def format_validation_error(error: ValidationError) -> str:
     return f"invalid config: {field or 'config'}: {message}{more}"
 
 
+def _kebab_flag(arg: str) -> str:
+    """`--trainer.checkpoint_every=3` as `--trainer.checkpoint-every=3`: field names are written
+    with underscores everywhere else (config.json, the docs), so both spellings are accepted."""
+    if not arg.startswith("--"):
+        return arg
+    flag, equals, value = arg.partition("=")
+    return flag.replace("_", "-") + equals + value
+
+
 def parse_config(argv: Sequence[str] | None = None, **defaults: Any) -> RunConfig:
-    """The script's `defaults` (nested dicts) overridden by the command line, validated."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    """The script's `defaults` (nested dicts) overridden by the command line, validated. With
+    `--resume DIR` the base is that run's own config.json instead of the script's defaults
+    (launch/resume.py checks, before the run starts, that only safe fields changed)."""
+    args = [_kebab_flag(arg) for arg in (sys.argv[1:] if argv is None else argv)]
     try:
         overrides = CliSettingsSource(_CliRunConfig, cli_parse_args=args)()
     except SettingsError as error:
         raise SlipstreamError(str(error).replace("error parsing CLI: ", "invalid arguments: "))
-    base = RunConfig.model_validate(defaults).model_dump(mode="json")
+    if overrides.get("resume"):
+        from slipstream.launch.resume import saved_config
+
+        base = {**saved_config(overrides["resume"]), "output_dir": overrides["resume"]}
+    else:
+        base = RunConfig.model_validate(defaults).model_dump(mode="json")
     try:
         return RunConfig.model_validate(_deep_merge(base, overrides))
     except ValidationError as error:

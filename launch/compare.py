@@ -9,7 +9,8 @@ An arm is a user-defined `--arm NAME='flags'`, a preset (compare_plan.PRESETS), 
 kind (`--trainer.loss.kind NAME`, validated by the run config). Arms may change only `trainer.*`.
 Each arm x seed is one run of the launch script (DIR/runs/<arm>-seed<k>, its output in
 DIR/runs/<arm>-seed<k>.log), then launch/evaluate.py on its final policy; its numbers go to
-DIR/runs/<arm>-seed<k>/result.json, so re-running the same command skips finished runs.
+DIR/runs/<arm>-seed<k>/result.json, so re-running the same command skips finished runs and
+resumes (`--resume`) a run that was stopped or killed after a checkpoint.
 Writes DIR/compare.md (table, noise verdicts; rules in launch/compare_report.py) and
 DIR/compare.png (reward against step and against wall-clock).
 """
@@ -33,10 +34,13 @@ from tqdm import tqdm
 from slipstream.errors import SlipstreamError
 from slipstream.launch import compare_report as cr
 from slipstream.launch.cli import main_guard, parse_config
-from slipstream.launch.compare_plan import LAUNCH, Arm, Plan, parse_args, run_dir, run_flags
+from slipstream.launch.compare_plan import (LAUNCH, NO_STEP_LIMIT, Arm, Plan, parse_args,
+                                            run_dir, run_flags)
+from slipstream.trainer.checkpoints import complete_checkpoints, read_manifest
 
 # Config fields that differ between runs or belong to training only; evaluation gets the rest.
-PER_RUN = {"output_dir", "overwrite", "seed", "steps", "progress", "time_budget_min"}
+PER_RUN = {"output_dir", "overwrite", "resume", "resumes", "seed", "steps", "progress",
+           "time_budget_min"}
 
 
 def validate(plan: Plan) -> int:
@@ -97,6 +101,8 @@ class StepWatcher:
 
     def poll(self) -> list[dict]:
         if self.path.exists():
+            if self.path.stat().st_size < self._pos:   # a resume rewound it: read it again
+                self._pos, self.rows = 0, []
             with self.path.open("rb") as f:
                 f.seek(self._pos)
                 chunk = f.read()
@@ -107,15 +113,29 @@ class StepWatcher:
         return self.rows
 
 
+def resumable(out: Path, steps: int | None) -> bool:
+    """An earlier try of this run left a complete checkpoint before its last step."""
+    if not (out / "config.json").exists():
+        return False
+    saved = complete_checkpoints(out / "checkpoints")
+    return bool(saved) and read_manifest(saved[-1])["client_state"]["step"] < (steps or 0)
+
+
 def train(plan: Plan, arm: Arm, seed: int, bar: tqdm, done: float) -> tuple[int, str, float]:
     """One run of the launch script; the bar follows its steps. Returns (exit code, last line
     of its output, seconds)."""
     out, log_path = run_dir(plan, arm, seed), plan.out / "runs" / f"{arm.name}-seed{seed}.log"
-    shutil.rmtree(out, ignore_errors=True)   # an unfinished earlier try would append metrics
+    flags = run_flags(plan, arm, seed)
+    # An earlier try that was stopped or killed after a checkpoint goes on from there.
+    if resumable(out, plan.steps or NO_STEP_LIMIT):
+        flags += ["--resume", str(out)]
+        tqdm.write(f"compare: {arm.name}-seed{seed} resumes from its last checkpoint")
+    else:
+        shutil.rmtree(out, ignore_errors=True)   # an unfinished try with no checkpoint
     log_path.parent.mkdir(parents=True, exist_ok=True)
     watcher, started = StepWatcher(out / "metrics.jsonl"), time.monotonic()
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, str(plan.script), *run_flags(plan, arm, seed)],
+    with log_path.open("a") as log:
+        proc = subprocess.Popen([sys.executable, str(plan.script), *flags],
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
             while proc.poll() is None:

@@ -11,8 +11,6 @@ config is written to `DIR/config.json`.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slipstream.buffer.config import BufferConfig
@@ -23,11 +21,23 @@ from slipstream.rollout.config import RolloutConfig
 from slipstream.trainer.config import TrainerConfig
 from slipstream.trainer.optimizers import check_zero_stage
 
-__all__ = ["BufferConfig", "ModelConfig", "RolloutConfig", "RunConfig", "TrainerConfig"]
+__all__ = ["BufferConfig", "ModelConfig", "ResumeRecord", "RolloutConfig", "RunConfig",
+           "TrainerConfig"]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
+
+
+class ResumeRecord(_Strict):
+    """One `--resume` of a run, as config.json records it."""
+
+    from_step: int = Field(ge=0, description="The checkpoint's step: the first new step is "
+                           "the one after it.")
+    checkpoint: str = Field(description="The checkpoint folder the run continued from.")
+    at: str = Field(description="When the resumed run started (UTC, ISO 8601).")
+    changed: dict[str, list] = Field(default_factory=dict, description=(
+        "Fields changed on resume (all safe to change): name -> [before, after]."))
 
 
 class RunConfig(_Strict):
@@ -35,14 +45,24 @@ class RunConfig(_Strict):
 
     steps: int = Field(50, ge=1, description="Learner steps to run (at most).")
     time_budget_min: float | None = Field(None, gt=0, description=(
-        "A wall-clock budget in minutes: the run ends after the first step that finishes past "
-        "it (then saves its final policy as usual), or at `steps`, whichever comes first."))
+        "A wall-clock budget in minutes, on the clock of `timing/wall_s` (from the run's start, "
+        "actor start-up included, going on across resumes): the run ends after the first step "
+        "that finishes past it (then saves its final policy as usual), or at `steps`, "
+        "whichever comes first."))
     output_dir: str = Field("runs/latest", min_length=1, description=(
         "The run directory (the layout in docs/ARCHITECTURE.md). One that already holds a run "
         "is refused unless `overwrite` is set."))
     overwrite: bool = Field(False, description=(
         "Replace the run already in output_dir (its config, metrics, TensorBoard files, "
         "rollouts, buffer, checkpoints and final policy) instead of refusing to start."))
+    resume: str | None = Field(None, min_length=1, description=(
+        "Continue the run in this directory from its last complete checkpoint: the learner "
+        "(weights, optimizer, schedule, RNG), the buffer (waiting groups; tickets in flight are "
+        "generated again with their prompts and seeds), and the metrics from the next step. "
+        "The run's own config.json is used; only the fields launch/resume.py SAFE_ON_RESUME "
+        "names (steps, budget, output options) may be changed."))
+    resumes: list[ResumeRecord] = Field(default_factory=list, description=(
+        "Written by the run, not set by hand: one entry per resume."))
     seed: int = Field(0, ge=0, description="Seeds the env stream, sampling and the learner.")
     deterministic: bool = Field(False, description=(
         "Bitwise-equal sampler and trainer logprobs: the learner computes under "
@@ -58,6 +78,14 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> RunConfig:
+        if self.resume is not None and self.overwrite:
+            raise ValueError("resume continues the run in its directory and overwrite replaces "
+                             "it: give one of them")
+        if self.rollout.max_new_tokens >= self.model.max_model_len:
+            raise ValueError(
+                f"rollout.max_new_tokens ({self.rollout.max_new_tokens}) leaves no room for a "
+                f"prompt in model.max_model_len ({self.model.max_model_len}): raise "
+                "model.max_model_len (up to the model's own context) or lower max_new_tokens")
         samples = self.trainer.groups_per_step * self.rollout.group_size
         if samples % self.trainer.micro_batch_size:
             raise ValueError(

@@ -10,12 +10,15 @@ from slipstream.buffer.records import Group
 
 
 class TensorBoardLogger:
-    """`log(metrics, step)` / `close()`; events are flushed every step so curves are live."""
+    """`log(metrics, step)` / `close()`; events are flushed every step so curves are live.
+    `purge_step`: a resumed run's first step; TensorBoard drops the events the earlier run
+    wrote from that step on (a run killed after its last checkpoint logged a few)."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, purge_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(log_dir=str(directory), flush_secs=5)
+        self._writer = SummaryWriter(log_dir=str(directory), flush_secs=5,
+                                     purge_step=purge_step)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         for key, value in metrics.items():

@@ -23,6 +23,7 @@ Each step:
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 from slipstream.buffer.replay import is_uniform
@@ -32,6 +33,7 @@ from slipstream.launch.cli import main_guard, parse_config
 from slipstream.launch.config import RunConfig
 from slipstream.launch.metrics import batch_metrics
 from slipstream.launch.quickstart import DEFAULTS as QUICKSTART
+from slipstream.launch.resume import RUN_STATE, begin_resume
 from slipstream.launch.run_dir import RunDirectory, learner_args, resolved_model, reward_summary
 from slipstream.rewards import RewardRunner, build_reward
 from slipstream.rollout.engine_api import build_engine
@@ -69,16 +71,31 @@ async def generate_batch(config: RunConfig, first_ticket: int, generate) -> tupl
     return groups, ticket
 
 
+def _checkpoint(learner: Learner, run: RunDirectory, next_ticket: int) -> None:
+    """The learner's state and the prompt stream's position (launch/resume.py RUN_STATE)."""
+    state = {"writer": "reference_loop", "next_ticket": next_ticket}
+    learner.save_checkpoint(str(run.checkpoints), {RUN_STATE: json.dumps(state)})
+
+
 async def reference_loop(config: RunConfig) -> RunDirectory:
+    resume = None
+    if config.resume is not None:
+        config, resume = begin_resume(config)
+        if resume.state.get("writer") != "reference_loop":
+            raise SlipstreamError(f"--resume {config.resume}: that run is the pipeline's; "
+                                  "resume it with the script that started it")
     model = resolved_model(config)
-    run = RunDirectory(config)
+    run = RunDirectory(config, resume)
     env = build_env(config.env, seed=config.seed)
     rewards = RewardRunner(build_reward(config.reward), timeout_s=config.reward.timeout_s)
     engine = build_engine(model, config.rollout, config.seed, config.deterministic)
     kwargs = learner_args(config, run.path)
     learner = Learner(config.trainer, model, **kwargs)
     last_sync: dict[str, float] = {"rollout/weight_version": 0}
-    next_ticket = 0
+    first_step, next_ticket = 0, 0
+    if resume is not None:
+        first_step = learner.load_checkpoint(str(resume.folder))
+        next_ticket = resume.state["next_ticket"]
     try:
         await engine.start()
         # The synchronous reference moves weights by file, as deterministic mode needs.
@@ -86,12 +103,15 @@ async def reference_loop(config: RunConfig) -> RunDirectory:
                                     timeout_s=config.trainer.sync_timeout_s)
         await asyncio.to_thread(learner.connect, client, "shm")
         tokenizer = learner.tokenizer
+        if resume is not None:     # the engine starts from the checkpoint's weights
+            last_sync = {"timing/weight_sync_s": await sync_weights(learner),
+                         "rollout/weight_version": engine.weight_version}
 
         def generate(ticket: int):
             return generate_group(engine, tokenizer, rewards, env.prompt(ticket), ticket,
                                   config.rollout, config.seed)
 
-        for step in range(config.steps):
+        for _ in range(first_step, config.steps):
             started = time.monotonic()
             groups, next_ticket = await generate_batch(config, next_ticket, generate)
             generated = sum(g.completion_tokens for g in groups)
@@ -102,6 +122,9 @@ async def reference_loop(config: RunConfig) -> RunDirectory:
             extra = {**batch_metrics(groups), **last_sync,
                      "throughput/rollout_tokens_per_s": generated / rollout_s}
             metrics = run.record(result, extra)
+            every = config.trainer.checkpoint_every
+            if every and result.step % every == 0 and result.step < config.steps:
+                _checkpoint(learner, run, next_ticket)
             if result.step % config.trainer.sync_every == 0 and result.step < config.steps:
                 last_sync = {"timing/weight_sync_s": await sync_weights(learner),
                              "rollout/weight_version": engine.weight_version}
@@ -111,7 +134,7 @@ async def reference_loop(config: RunConfig) -> RunDirectory:
                       f"loss {metrics['loss/total']:+.4f}  mismatch_kl "
                       f"{'n/a' if gap is None else f'{gap:.2e}'}  "
                       f"step {time.monotonic() - started:.1f}s", flush=True)
-        learner.save_checkpoint(str(run.checkpoints))
+        _checkpoint(learner, run, next_ticket)
         learner.save_final(str(run.final))
     finally:
         rewards.close()

@@ -21,6 +21,7 @@ from slipstream.launch.config import RunConfig
 from slipstream.launch.metrics import TensorBoardLogger
 from slipstream.launch.models import resolve_model
 from slipstream.launch.placement import check_machine
+from slipstream.launch.resume import ResumePoint, rewind_run_files
 from slipstream.model_config import ModelConfig
 from slipstream.trainer.step_record import StepResult
 from slipstream.trainer.value_head import check_value_head_fits
@@ -76,18 +77,26 @@ def claim_run_dir(path: Path, overwrite: bool) -> None:
 
 
 class RunDirectory:
-    """Creates the layout, writes config.json, and records each step's metrics and samples."""
+    """Creates the layout, writes config.json, and records each step's metrics and samples.
+    `resume`: continue the run already there from that checkpoint (launch/resume.py): what it
+    wrote after the checkpoint's step is removed, and `history` and the wall clock go on."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, resume: ResumePoint | None = None) -> None:
         self.path = Path(config.output_dir)
-        claim_run_dir(self.path, config.overwrite)
+        self.history: list[dict[str, float]] = []
+        if resume is None:
+            claim_run_dir(self.path, config.overwrite)
+        else:
+            self.history = rewind_run_files(self.path, resume)
         for sub in ("tb", "rollouts", "buffer", "checkpoints"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
         (self.path / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
-        self._logger = TensorBoardLogger(self.path / "tb")
+        self._logger = TensorBoardLogger(self.path / "tb",
+                                         purge_step=None if resume is None else resume.step + 1)
         self._metrics = (self.path / "metrics.jsonl").open("a")
-        self.history: list[dict[str, float]] = []
-        self._started = time.monotonic()
+        wall_s = self.history[-1].get("timing/wall_s", 0.0) if self.history else 0.0
+        self.opened = time.monotonic()
+        self._started = self.opened - wall_s   # a resumed run's clock goes on
 
     @property
     def rollouts(self) -> Path:

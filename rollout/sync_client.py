@@ -108,6 +108,15 @@ class RayWorkersClient(EngineSyncClient):
         super().__init__(len(workers), **kwargs)
         self.workers = list(workers)
 
+    def replace_worker(self, index: int, worker: Any) -> RayWorkersClient:
+        """`worker` takes worker `index`'s place (its process died and was replaced); returns
+        a client over the new worker alone, to bring it to the running version."""
+        self.workers[index] = worker
+        alone = RayWorkersClient([worker], fingerprint_names=self.fingerprint_names,
+                                 engine_world_size=self.engine_world_size,
+                                 timeout_s=self.timeout_s)
+        return alone
+
     def _call_each(self, method: str, args: Sequence[tuple], what: str) -> list[Any]:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError

@@ -69,7 +69,7 @@ class RolloutWorker:
 
     async def _loop(self) -> None:
         while True:
-            ticket = await self._buffer.acquire_ticket.remote()
+            ticket = await self._buffer.acquire_ticket.remote(self._worker_id)
             if ticket is None:
                 return
             group = await generate_group(self._engine, self._tokenizer, self._rewards,
@@ -102,9 +102,11 @@ class RolloutWorker:
         return ray.get_runtime_context().get_node_id()
 
     async def stats(self) -> dict[str, int]:
-        """Tokens generated so far, in-flight requests included (the engine's live counter);
-        reward and group statistics come from the batches themselves (launch/metrics.py)."""
-        return {"tokens": self._engine.tokens_generated}
+        """Tokens generated so far, in-flight requests included (the engine's live counter),
+        and reward processes replaced (rewards/runner.py); reward and group statistics come
+        from the batches themselves (launch/metrics.py)."""
+        return {"tokens": self._engine.tokens_generated,
+                "reward_restarts": self._rewards.restarts}
 
     async def shutdown(self) -> None:
         self._rewards.close()

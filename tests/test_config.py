@@ -26,6 +26,13 @@ def test_dotted_overrides_beat_script_defaults():
     assert config.trainer.groups_per_step == 4 and config.trainer.loss.clip_high == 0.3
 
 
+def test_a_flag_may_spell_its_field_with_underscores_as_config_json_does():
+    config = parse_config(["--trainer.checkpoint_every=3", "--rollout.max_new_tokens", "9",
+                           "--output_dir", "D_1"])
+    assert (config.trainer.checkpoint_every, config.rollout.max_new_tokens) == (3, 9)
+    assert config.output_dir == "D_1"          # values keep their underscores
+
+
 def test_switching_env_kind_replaces_the_branch():
     config = parse_config(["--env.kind", "jsonl"], env={"kind": "arithmetic", "digits": 3})
     assert config.env.kind == "jsonl"
@@ -62,6 +69,7 @@ def test_switching_env_kind_replaces_the_branch():
      "trainer.loss.grpo.advantage"),
     (["--trainer.optimizer.kind", "muon"], "optimizer muon with ZeRO stage 1 needs grad_clip 0"),
     (["--trainer.optimizer.kind", "sgd"], "trainer.optimizer"),
+    (["--rollout.max-new-tokens", "100000"], "leaves no room for a prompt"),
 ])
 def test_bad_values_name_the_field(argv, fragment):
     with pytest.raises(SlipstreamError) as error:

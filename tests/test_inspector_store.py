@@ -112,7 +112,8 @@ def test_an_index_line_cannot_point_the_store_at_another_file(run):
             out.write(json.dumps({**row, "id": "evil", "file": target, "offset": 0,
                                   "bytes": 100}) + "\n")
     store = RunStore(run)
-    assert store.find_row("evil") is not None and store.sample("evil") is None
+    assert store.find_row("evil") is None and store.sample("evil") is None
+    assert store.skipped_lines == 3 and "evil" not in {r["id"] for r in store.rows}
 
 
 @pytest.mark.parametrize("kind, message", [("missing", "does not exist"),

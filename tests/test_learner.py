@@ -254,3 +254,27 @@ def test_an_inherited_master_port_in_use_does_not_break_the_learners_world(tmp_p
                                 text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "1"
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1])
+def test_a_learner_restored_from_its_checkpoint_trains_on_bit_for_bit(tiny, tmp_path,
+                                                                      zero_stage):
+    """Weights, AdamW moments, the warm-up schedule's position, the step and the RNG all come
+    back: the restored learner's next step equals the original's, bit for bit."""
+    first = make_learner(tiny, tmp_path, zero_stage=zero_stage, warmup_steps=4)
+    groups = make_groups(first, [[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0]])
+    first.train_step(groups)
+    folder = Path(first.save_checkpoint(str(tmp_path / "checkpoints"),
+                                        extra={"controller.json": '{"tokens": 7}'}))
+    assert folder.name == "step-000001"
+    assert (folder / "controller.json").read_text() == '{"tokens": 7}'
+    after_save = torch.rand(3)
+    second = make_learner(tiny, tmp_path, zero_stage=zero_stage, warmup_steps=4)
+    assert second.load_checkpoint(str(folder)) == 1 and second.step == 1
+    assert torch.equal(torch.rand(3), after_save)
+    results = [learner.train_step(groups) for learner in (first, second)]
+    assert results[0].metrics["optim/lr"] == results[1].metrics["optim/lr"] == 3 * 1e-3 / 4
+    assert results[0].metrics["loss/total"] == results[1].metrics["loss/total"]
+    weights = dict(second.policy.named_parameters())
+    for name, param in first.policy.named_parameters():
+        assert torch.equal(param, weights[name]), name

@@ -7,6 +7,7 @@ tests/ on sys.path, and a spawned process inherits sys.path).
 
 import math
 import os
+import signal
 import threading
 import time
 
@@ -30,6 +31,9 @@ def scripted_reward(completion: str, reference: str) -> float:
     if command == "pid":
         return float(os.getpid())
     if command == "echo":
+        return float(argument)
+    if command == "slow":
+        time.sleep(float(argument))
         return float(argument)
     if command == "nan":
         return math.nan
@@ -155,8 +159,24 @@ def test_runner_times_out_a_hanging_reward_and_replaces_its_process(runner):
 
 
 def test_runner_survives_a_reward_that_kills_its_process(runner):
+    """An item that kills its process every time is scored again once, then fails alone."""
+    before = runner.restarts
     results = runner.score([("exit", ""), ("echo:3", "")])
-    assert results == [RewardResult(0.0, "reward process died (exit code 3)"), RewardResult(3.0)]
+    assert results == [RewardResult(0.0, "reward process died twice (exit code 3)"),
+                       RewardResult(3.0)]
+    assert runner.restarts == before + 2
+
+
+def test_a_reward_process_killed_from_outside_is_replaced_and_the_item_rescored():
+    with RewardRunner(scripted_reward, timeout_s=20.0) as runner:
+        [pid] = runner.score([("pid", "")])
+        killer = threading.Timer(1.0, os.kill, (int(pid.score), signal.SIGKILL))
+        killer.start()
+        results = runner.score([("echo:1", ""), ("slow:3", ""), ("echo:2", "")])
+        killer.join()
+        # The SIGKILL landed during the slow item, which the new process scored again.
+        assert results == [RewardResult(1.0), RewardResult(3.0), RewardResult(2.0)]
+        assert runner.restarts == 1 and not _pid_alive(int(pid.score))
 
 
 def test_runner_keeps_concurrent_callers_apart(runner):

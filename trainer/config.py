@@ -54,8 +54,10 @@ class TrainerConfig(BaseModel):
         "launch/placement.py picks."))
     bucket_mb: int = Field(32, ge=1, description=(
         "collective: size of each packed broadcast, in MiB."))
-    checkpoint_every: int = Field(0, ge=0, description="Steps between DeepSpeed checkpoints "
-                                  "(0: only at the end).")
+    checkpoint_every: int = Field(10, ge=0, description=(
+        "Steps between checkpoints, each a point `--resume` can continue from (0: only at the "
+        "end). A Ctrl-C or SIGTERM also checkpoints before stopping; a SIGKILL loses the steps "
+        "since the last one."))
     keep_checkpoints: int = Field(2, ge=1, description=(
         "Complete checkpoints kept (the newest); each is written to a temporary name, renamed, "
         "then given a manifest, so a half-written one is never taken for whole."))

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from slipstream.buffer.records import Group
+from slipstream.errors import SlipstreamError
 from slipstream.model_config import ModelConfig
 from slipstream.trainer.advantages import estimate_advantages, gae, whiten
 from slipstream.trainer.config import TrainerConfig
@@ -38,7 +41,7 @@ from slipstream.trainer.optimizers import build_optimizer
 from slipstream.trainer.step_batch import StepBatch, build_step_batch
 from slipstream.trainer.step_record import StepRecord, StepResult
 from slipstream.trainer.value_head import VALUE_HEAD_FILE, PolicyWithValue
-from slipstream.trainer.version_replay import VersionReplay
+from slipstream.trainer.version_replay import REPLAY_DIR, VersionReplay
 from slipstream.weight_fingerprint import fingerprint_names_for
 
 __all__ = ["Learner", "StepResult", "init_world_of_one"]
@@ -110,6 +113,7 @@ class Learner:
             [name for name, _ in self.policy.named_parameters()])
         self.step = 0
         self._sync = None     # (trainer engine, source, client) once `connect` ran
+        self._published = None    # the last `Published`
         self.replay = None
         if deterministic or trainer.mismatch_probe > 0:
             self.replay = VersionReplay(self.policy, max_lag, self._numerics)
@@ -268,7 +272,35 @@ class Learner:
         published = send(*self._sync, version=self.version)
         if self.replay is not None:
             self.replay.keep(self.version)
+        self._published = published
         return published
+
+    def replace_engine(self, index: int, worker) -> int:
+        """A new rollout worker takes engine `index`'s place (the old one's process died): it
+        loads the last published weights, labelled with their version, checked by fingerprint,
+        without pausing the other engines. Returns that version (0: none published yet, the
+        new engine's initial weights are version 0)."""
+        sender, _, client = self._sync
+        alone = client.replace_worker(index, worker)
+        if self._published is None:
+            return 0
+        update = getattr(sender, "last_update", None)
+        if update is None:
+            raise SlipstreamError(
+                f"rollout worker {index} died; a new engine cannot join the running "
+                f"{type(sender).__name__} weight transfer: --resume the run from its last "
+                "checkpoint instead")
+        version = self._published.version
+        alone.pending_version = version
+        alone.start_weight_update()
+        alone.update_weights(update)
+        alone.finish_weight_update()
+        landed = dict(alone.results[0]["fingerprint"])
+        if landed != self._published.fingerprint:
+            raise SlipstreamError(f"the replacement of rollout worker {index} did not load "
+                                  f"version {version}: fingerprint {landed} != "
+                                  f"{self._published.fingerprint}")
+        return version
 
     def ready(self) -> bool:
         return True
@@ -279,15 +311,46 @@ class Learner:
 
         return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
-    def save_checkpoint(self, directory: str) -> str:
-        """A crash-consistent DeepSpeed checkpoint (trainer/checkpoints.py); the last
+    def save_checkpoint(self, directory: str, extra: dict[str, str] | None = None) -> str:
+        """A crash-consistent DeepSpeed checkpoint (trainer/checkpoints.py) of everything a
+        resume needs: weights, optimizer, scheduler, step, RNG states, the value head (part of
+        the engine's module), and in deterministic mode the kept versions' weights (so stale
+        tokens are still checked bitwise after a resume). `extra` (file name -> text) is the
+        controller's own state, saved inside the same checkpoint. The last
         `trainer.keep_checkpoints` are kept."""
         from slipstream.trainer.checkpoints import save_checkpoint
 
+        def write_extra(folder: Path) -> None:
+            for name, text in (extra or {}).items():
+                (folder / name).write_text(text)
+            if self.deterministic and self.replay is not None:
+                self.replay.save(folder / REPLAY_DIR)
+
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
+               "numpy": np.random.get_state()}
         folder = save_checkpoint(self.engine, directory, f"step-{self.step:06d}",
-                                 {"version": self.version, "step": self.step},
-                                 keep=self.config.keep_checkpoints)
+                                 {"version": self.version, "step": self.step, "rng": rng},
+                                 keep=self.config.keep_checkpoints, write_extra=write_extra)
         return str(folder)
+
+    def load_checkpoint(self, folder: str) -> int:
+        """Continue from a checkpoint `save_checkpoint` wrote (a complete one: the caller picks
+        it with checkpoints.latest_complete); returns the restored version."""
+        folder_path = Path(folder)
+        _, client = self.engine.load_checkpoint(str(folder_path.parent), tag=folder_path.name,
+                                                load_optimizer_states=True,
+                                                load_lr_scheduler_states=True)
+        if client is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {folder}")
+        self.step = int(client["step"])
+        torch.set_rng_state(client["rng"]["torch"])
+        random.setstate(client["rng"]["python"])
+        np.random.set_state(client["rng"]["numpy"])
+        if self.replay is not None:
+            self.replay.weights.clear()
+            if (folder_path / REPLAY_DIR).is_dir():
+                self.replay.load(folder_path / REPLAY_DIR)
+        return self.version
 
     def save_final(self, directory: str) -> str:
         """The policy in Hugging Face format (loadable by vLLM and transformers), and PPO's value

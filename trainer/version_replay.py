@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import ContextManager
 
 import torch
 from torch.func import functional_call
 
 from slipstream.trainer.logprobs import MicroBatch, reproducible_by, token_logprobs
+
+REPLAY_DIR = "replay"   # a checkpoint's subfolder for the kept versions' weights
 
 
 class _WithParameters:
@@ -54,6 +57,21 @@ class VersionReplay:
         """Remember the module's current parameters as `version` (call when publishing it)."""
         self.weights[version] = {name: p.detach().clone()
                                  for name, p in self.module.named_parameters()}
+
+    def save(self, directory: Path) -> None:
+        """Every kept version's weights, one safetensors file each (a checkpoint's part)."""
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        for version, weights in self.weights.items():
+            save_file({k: v.contiguous() for k, v in weights.items()},
+                      str(directory / f"v{version:06d}.safetensors"))
+
+    def load(self, directory: Path) -> None:
+        from safetensors.torch import load_file
+
+        for path in sorted(directory.glob("v*.safetensors")):
+            self.weights[int(path.stem[1:])] = load_file(str(path))
 
     def prune(self, learner_version: int) -> None:
         """Forget versions no batch may still hold (older than learner_version - max_lag)."""

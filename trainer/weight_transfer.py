@@ -101,6 +101,7 @@ class ShmTrainerEngine(TrainerWeightTransferEngine[ShmTrainerInitInfo]):
     def trainer_init(cls, init_info, *, client, source=None):
         engine = cls(client=client, source=source, is_sender=init_info.is_sender)
         engine.weights_dir, engine.files_written = init_info.weights_dir, 0
+        engine.last_update = None    # the last publish's update_info: its file stays on tmpfs
         return engine      # the file system is the channel: no rendezvous
 
     def send_weights(self) -> None:
@@ -111,6 +112,7 @@ class ShmTrainerEngine(TrainerWeightTransferEngine[ShmTrainerInitInfo]):
         self.client.start_weight_update()
         self.client.update_weights({"path": written.path})
         self.client.finish_weight_update()
+        self.last_update = {"path": written.path}
         remove_old_weight_files(self.weights_dir, keep_version=self.files_written)
 
 

@@ -3,7 +3,7 @@
 "use strict";
 
 const state = {run: null, rows: [], metrics: [], finishes: new Set(), reasons: new Set(),
-               updatedAt: null};
+               updatedAt: null, generation: 0};
 const VIEWS = ["overview", "samples", "sample", "group", "buffer"];
 const CURVES = ["reward/mean", "kl/ref", "mismatch/kl", "mismatch/max_abs_logprob_diff",
                 "mismatch/tokens", "staleness/kl", "staleness/mean", "staleness/max",
@@ -178,12 +178,34 @@ function showStatus() {
     : `static export · ${state.rows.length} samples`;
 }
 
+// The server's index or metrics file was rewritten (a resume rewinds both): every row the page
+// holds may be stale, so they are all fetched again rather than appended to.
+async function reload() {
+  const [index, metrics] = await Promise.all([Source.index(0), Source.metrics(0)]);
+  state.rows = [];
+  state.finishes.clear();
+  state.reasons.clear();
+  addRows(index.rows);
+  state.metrics = metrics.rows;
+  state.generation = index.generation ?? 0;
+}
+
+function stale(index, metrics) {
+  return (index.generation ?? 0) !== state.generation ||
+         (metrics.generation ?? 0) !== state.generation;
+}
+
 async function poll() {
   try {
-    const [index, metrics] = await Promise.all([Source.index(state.rows.length),
-                                                Source.metrics(state.metrics.length)]);
+    let [index, metrics] = await Promise.all([Source.index(state.rows.length),
+                                              Source.metrics(state.metrics.length)]);
     state.updatedAt = Date.now();
-    const changed = index.rows.length || metrics.rows.length;
+    let changed = index.rows.length || metrics.rows.length;
+    if (stale(index, metrics)) {
+      await reload();
+      [index, metrics] = [{rows: []}, {rows: []}];
+      changed = true;
+    }
     addRows(index.rows);
     state.metrics.push(...metrics.rows);
     showStatus();
@@ -201,9 +223,7 @@ async function poll() {
 async function main() {
   state.run = await Source.run();
   document.getElementById("run-name").textContent = state.run.name;
-  const [index, metrics] = await Promise.all([Source.index(0), Source.metrics(0)]);
-  addRows(index.rows);
-  state.metrics = metrics.rows;
+  await reload();
   state.updatedAt = Date.now();
   renderBanner();
   showStatus();

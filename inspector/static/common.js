@@ -59,20 +59,28 @@ const Source = (() => {
   const node = document.getElementById("slipstream-data");
   const embedded = node ? JSON.parse(node.textContent, revive) : null;
 
+  // The server's errors are JSON with a readable `error` (a step file rewritten after it was
+  // indexed, say); that message is what the page shows.
+  function errorOf(text) {
+    try { return JSON.parse(text).error || null; } catch (e) { return null; }
+  }
+
   async function get(path) {
     const response = await fetch(path, {cache: "no-store", credentials: "same-origin"});
     if (response.status === 404) return null;
-    if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
     const text = await response.text();
+    if (!response.ok) throw new Error(errorOf(text) || `${path}: HTTP ${response.status}`);
     return text.includes('"$float"') ? JSON.parse(text, revive) : JSON.parse(text);
   }
   const q = encodeURIComponent;
 
-  // /api/index is JSON Lines straight from DIR/rollouts/index.jsonl; a line that does not parse
-  // (a writer that crashed mid-line, then appended) is skipped, never fatal.
+  // /api/index is JSON Lines straight from DIR/rollouts/index.jsonl, the lines that passed the
+  // server's checks; one that does not parse is still skipped, never fatal. The generation
+  // changes when the index was rewritten (a resumed run rewinds it): the page then reloads.
   async function getLines(path) {
     const response = await fetch(path, {cache: "no-store", credentials: "same-origin"});
     if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+    const generation = Number(response.headers.get("X-Slipstream-Generation") || 0);
     const text = await response.text();
     const withFloats = text.includes('"$float"');
     const rows = [];
@@ -80,7 +88,7 @@ const Source = (() => {
       if (!line.trim()) continue;
       try { rows.push(withFloats ? JSON.parse(line, revive) : JSON.parse(line)); } catch (e) { /* skipped */ }
     }
-    return {rows};
+    return {rows, generation};
   }
 
   function embeddedBuffer(name) {
@@ -158,7 +166,10 @@ const Tooltip = (() => {
   return {show, hide};
 })();
 
-// Table filters and sorting: the rules of inspector/query.py.
+// Table filters and sorting: the rules of inspector/query.py. A NaN counts as missing: it
+// matches no range and sorts last (it compares false with everything).
+function absent(value) { return value === null || value === undefined || Number.isNaN(value); }
+
 const SORT_KEYS = ["step", "id", "len", "reward", "advantage", "staleness", "max_gap", "k3",
                    "max_iw", "masked", "versions", "finish", "det_nonzero"];
 const RANGES = {step: "step", reward: "reward", stale: "staleness", gap: "max_gap"};
@@ -177,7 +188,7 @@ function compileFilter(params) {
   return (row) => {
     for (const [key, lo, hi] of ranges) {
       const value = row[key];
-      if (value === null || value === undefined) return false;
+      if (absent(value)) return false;
       if ((lo !== null && value < lo) || (hi !== null && value > hi)) return false;
     }
     if (mask) {
@@ -203,8 +214,8 @@ function compare(a, b) {
 
 // A stable sort on the key (ties keep the index's order), missing values last either way.
 function sortRows(rows, key, desc) {
-  const present = rows.filter((r) => r[key] !== null && r[key] !== undefined);
-  const missing = rows.filter((r) => r[key] === null || r[key] === undefined);
+  const present = rows.filter((r) => !absent(r[key]));
+  const missing = rows.filter((r) => absent(r[key]));
   present.sort((a, b) => desc ? compare(b[key], a[key]) : compare(a[key], b[key]));
   return present.concat(missing);
 }

@@ -22,7 +22,13 @@ const Views = (() => {
   }
 
   async function sample(section, params) {
-    const record = await Source.sample(params.id, params.step);
+    let record;
+    try {
+      record = await Source.sample(params.id, params.step);
+    } catch (error) {       // the server's readable reason, e.g. a step file rewritten shorter
+      section.replaceChildren(h("p", {class: "empty", id: "sample-error", text: error.message}));
+      return;
+    }
     if (!record) { notFound(section, `sample ${params.id || "?"} at step ${params.step || "?"}`); return; }
     const s = record.sample;
     const mode = MODES.includes(params.color) ? params.color : "gap";
@@ -76,7 +82,8 @@ const Views = (() => {
   async function group(section, params) {
     const rows = state.rows.filter((r) => r.group === params.id);
     if (!rows.length) { notFound(section, `group ${params.id || "?"}`); return; }
-    const records = await Promise.all(rows.map((r) => Source.sample(r.id, r.step)));
+    // A sibling whose record cannot be read shows its index preview instead.
+    const records = await Promise.all(rows.map((r) => Source.sample(r.id, r.step).catch(() => null)));
     const rewards = rows.map((r) => r.reward);
     const zeroVariance = rewards.every((r) => r === rewards[0]);
     const parts = [h("h2", {}, "group ", h("code", {text: params.id}), ` · ${rows.length} samples`)];
