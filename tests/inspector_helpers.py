@@ -29,9 +29,11 @@ def server(run):
 
 
 @contextmanager
-def serving(run_dir: Path):
-    server = InspectorServer(RunStore(run_dir), "127.0.0.1", 0, allow_remote=False)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+def serving(run_dir: Path, host: str = "127.0.0.1", remote: bool = False,
+            poll_s: float = 0.5):
+    """A server on a free port of `host`; a short `poll_s` stops it in milliseconds."""
+    server = InspectorServer(RunStore(run_dir), host, 0, allow_remote=remote)
+    thread = threading.Thread(target=server.serve_forever, args=(poll_s,), daemon=True)
     thread.start()
     try:
         yield server

@@ -7,11 +7,10 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import urllib.request
-from contextlib import contextmanager
 
 import pytest
+import inspector_helpers
 from inspector_helpers import get_json, request
 
 from slipstream.errors import SlipstreamError
@@ -30,18 +29,9 @@ def run(tmp_path):
     return demo.make_demo_run(tmp_path / "run")
 
 
-@contextmanager
 def serving(run_dir, host="127.0.0.1", remote=False):
-    """inspector_helpers.serving, stopping in milliseconds (many short-lived servers here)."""
-    server = InspectorServer(RunStore(run_dir), host, 0, allow_remote=remote)
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    """Stopping in milliseconds: many short-lived servers here."""
+    return inspector_helpers.serving(run_dir, host, remote, poll_s=0.01)
 
 
 def _index(run):
