@@ -12,6 +12,7 @@ sample with its age against `max_lag`), `evictions.jsonl` (every evicted group, 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import ray
@@ -20,6 +21,30 @@ from slipstream.buffer.config import BufferConfig
 from slipstream.buffer.records import Group
 from slipstream.buffer.replay import ReplayBuffer
 from slipstream.buffer.snapshots import append_evictions, write_snapshot
+
+
+class IdleClock:
+    """Seconds in which no group was being generated: every worker waited for a ticket (held
+    back by max_lag or the pinned schedule), so the engines' cores sat idle. Counted from the
+    first ticket handed out (the engines' start-up is not idleness the learner can use)."""
+
+    def __init__(self) -> None:
+        self._idle_total = 0.0
+        self._idle_since: float | None = None
+        self._started = False
+
+    def busy(self) -> None:
+        if self._idle_since is not None:
+            self._idle_total += time.monotonic() - self._idle_since
+        self._idle_since, self._started = None, True
+
+    def idle(self) -> None:
+        if self._started and self._idle_since is None:
+            self._idle_since = time.monotonic()
+
+    def seconds(self) -> float:
+        running = 0.0 if self._idle_since is None else time.monotonic() - self._idle_since
+        return self._idle_total + running
 
 
 @ray.remote(num_cpus=0)
@@ -39,6 +64,7 @@ class ReplayBufferActor:
         self._closed = False
         self._evictions_logged = 0        # lines in evictions.jsonl (a resume cuts it there)
         self._holder: dict[int, int] = {}  # ticket in flight -> the worker generating it
+        self._idle = IdleClock()            # while no ticket is held
         if restore is not None:
             self._buffer.restore(restore["buffer"])
             self._evictions_logged = restore["evictions_logged"]
@@ -55,6 +81,7 @@ class ReplayBufferActor:
                 ticket = self._buffer.try_ticket()
                 if ticket is not None:
                     self._holder[ticket] = worker_id
+                    self._idle.busy()
                     return ticket
                 await self._changed.wait()
         return None
@@ -64,12 +91,16 @@ class ReplayBufferActor:
         lost = sorted(t for t, w in self._holder.items() if w == worker_id)
         for ticket in lost:
             del self._holder[ticket]
+        if not self._holder:
+            self._idle.idle()
         self._buffer.reissue_tickets(lost)
         await self._notify()
         return lost
 
     async def put(self, ticket: int, group: Group) -> None:
         self._holder.pop(ticket, None)
+        if not self._holder:
+            self._idle.idle()
         before = len(self._buffer.evictions)
         try:
             self._buffer.put(ticket, group)
@@ -117,7 +148,9 @@ class ReplayBufferActor:
         return str(write_snapshot(self._buffer, self._dir, step, learner_version))
 
     async def stats(self, learner_version: int) -> dict[str, float]:
-        return self._buffer.stats(learner_version)
+        """The buffer's figures, and `rollout/engine_idle_s`: cumulative seconds in which no
+        group was being generated (IdleClock)."""
+        return self._buffer.stats(learner_version) | {"rollout/engine_idle_s": self._idle.seconds()}
 
     async def close(self) -> None:
         """Wake every waiting worker with None so it can finish cleanly."""

@@ -46,7 +46,7 @@ from slipstream.envs import build_env
 from slipstream.errors import RunStopped, SlipstreamError
 from slipstream.launch.config import RunConfig
 from slipstream.launch.metrics import batch_metrics
-from slipstream.launch.placement import Placement, check_hosts, plan
+from slipstream.launch.placement import LearnerThreads, Placement, check_hosts, plan
 from slipstream.launch.resume import RUN_STATE, ResumePoint, begin_resume
 from slipstream.launch.run_dir import RunDirectory, learner_args, resolved_model, reward_summary
 from slipstream.model_config import ModelConfig
@@ -289,6 +289,19 @@ def _checkpoint(config: RunConfig, actors: Actors, run: RunDirectory,
         str(run.checkpoints), {RUN_STATE: json.dumps(state)}), actors, what="checkpoint")
 
 
+def _share_cores(threads: LearnerThreads, idle_s: float, now: float,
+                 actors: Actors) -> dict[str, float]:
+    """The step's core-sharing figures; the learner's threads for the next step."""
+    ran_with = threads.current
+    idle_share = threads.observe(idle_s, now)
+    if threads.current != ran_with:
+        _await(actors.learner.set_threads.remote(threads.current), actors)
+    figures = {"trainer/threads": ran_with}
+    if idle_share is not None:       # the first step has no window to measure over
+        figures["rollout/engine_idle_frac"] = idle_share
+    return figures
+
+
 def _train(config: RunConfig, actors: Actors, run: RunDirectory, stop: GracefulStop,
            resume: ResumePoint | None) -> None:
     first_step = 0 if resume is None else resume.step
@@ -300,6 +313,8 @@ def _train(config: RunConfig, actors: Actors, run: RunDirectory, stop: GracefulS
     last_step, counts = first_step, Counter(base)
     last_tokens = counts["tokens"]
     last_sync = actors.resumed_sync or {"rollout/weight_version": 0}
+    threads = LearnerThreads.for_run(config)
+    _await(actors.learner.set_threads.remote(threads.current), actors)
     while last_step < config.steps:
         groups = None
         while groups is None:   # None: nothing within 30 s; the workers are still alive
@@ -315,6 +330,7 @@ def _train(config: RunConfig, actors: Actors, run: RunDirectory, stop: GracefulS
                  "faults/reward_restarts": counts["reward_restarts"]}
         last_tokens, last_time = tokens, now
         extra |= _await(actors.buffer.stats.remote(result.version), actors)
+        extra |= _share_cores(threads, extra.pop("rollout/engine_idle_s"), now, actors)
         # Recorded before the publish, so a failing sync loses nothing; each step's record holds
         # the last publish completed before it.
         metrics = run.record(result, extra)

@@ -140,7 +140,7 @@ def check_machine(config, model_dir: str, cores: int | None = None,
     context longer than the model's own."""
     cores = cores or os.cpu_count() or 1
     memory_gib = memory_gib or machine_memory_gib()
-    if config.trainer.threads > cores:
+    if isinstance(config.trainer.threads, int) and config.trainer.threads > cores:
         raise SlipstreamError(f"trainer.threads {config.trainer.threads} exceeds this "
                               f"machine's {cores} CPU cores")
     kv = config.rollout.kv_cache_gb * config.rollout.num_workers
@@ -155,3 +155,44 @@ def check_machine(config, model_dir: str, cores: int | None = None,
             raise SlipstreamError(f"model.max_model_len {config.model.max_model_len} exceeds "
                                   f"the model's own context ({own}, max_position_embeddings "
                                   f"in {config_file})")
+
+
+class LearnerThreads:
+    """The learner's torch threads, step by step: `fixed`, or (`trainer.threads=auto`) every
+    core the engines left idle during the last step.
+
+    On a small CPU machine the learner and the engines share the cores. While the learner is the
+    bottleneck the engines spend most of a step waiting behind max_lag, and a core they do not
+    use is one the learner could. So each step gets every core less those the engines kept busy
+    during the last one (measured by the buffer: buffer/actor.py `IdleClock`); an engine core
+    counts as busy from 75% of the step on, since sharing a core costs less than leaving it
+    idle. Measured on 2 cores (quickstart, 6 steps, two pairs): one learner thread 31.6-31.9 s
+    a step with the engine idle 68-79% of it; auto (two threads) 27.8-30.3 s with the engine
+    still idle 48-69%. The first step, unmeasured, gets every core."""
+
+    def __init__(self, cores: int, engine_cores: int, fixed: int | None = None) -> None:
+        self.cores, self.engine_cores, self.fixed = cores, engine_cores, fixed
+        self.current = fixed or cores
+        self._last: tuple[float, float] | None = None     # (idle seconds, clock) last seen
+
+    @classmethod
+    def for_run(cls, config) -> LearnerThreads:
+        from slipstream.trainer.config import initial_threads
+
+        threads = config.trainer.threads
+        engine_cores = -(-config.rollout.cpus_per_worker // 1) * config.rollout.num_workers
+        fixed = None if threads == "auto" and not config.deterministic else \
+            initial_threads(threads, config.deterministic)
+        return cls(os.cpu_count() or 1, int(engine_cores), fixed)
+
+    def observe(self, idle_s: float, now: float) -> float | None:
+        """The engines' idle share since the last call (None at the first), from the
+        buffer's cumulative idle seconds; sets `current` for the next step."""
+        last, self._last = self._last, (idle_s, now)
+        if last is None or now <= last[1]:
+            return None
+        share = min(1.0, max(0.0, (idle_s - last[0]) / (now - last[1])))
+        if self.fixed is None:
+            busy_cores = int((1.0 - share) * self.engine_cores + 0.25)
+            self.current = min(self.cores, max(1, self.cores - busy_cores))
+        return share

@@ -14,7 +14,8 @@ from slipstream.launch.cli import main_guard, parse_config
 DEFAULTS = {
     "steps": 40,
     "output_dir": "runs/quickstart",
-    "model": {"path": "smollm2-135m-instruct", "dtype": "bfloat16"},
+    # dtype auto: bf16 where the CPU has bf16 instructions, fp32 where bf16 is emulated (slow).
+    "model": {"path": "smollm2-135m-instruct", "dtype": "auto"},
     "env": {"kind": "arithmetic", "digits": 2},
     "reward": {"kind": "math_verify", "timeout_s": 5.0},
     "rollout": {"group_size": 8, "groups_in_flight": 8, "max_new_tokens": 48,

@@ -44,8 +44,10 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
+from multiprocessing import resource_tracker
 from typing import Any
 
+from slipstream import DIE_WITH_PARENT
 from slipstream.model_config import ModelConfig
 from slipstream.rollout.config import RolloutConfig
 from slipstream.rollout.engine_api import Completion, SamplingSettings
@@ -130,7 +132,14 @@ class VLLMEngine:
             enable_prefix_caching=True,
             weight_transfer_config={"backend": self.weight_transfer},
             worker_extension_cls=_EXTENSION, **extra)
-        self._llm = AsyncLLM.from_engine_args(args)
+        # The engine processes spawned now die with this one (slipstream/__init__.py); not
+        # multiprocessing's resource tracker, shared by the whole process: started first.
+        resource_tracker.ensure_running()
+        os.environ[DIE_WITH_PARENT] = str(os.getpid())
+        try:
+            self._llm = AsyncLLM.from_engine_args(args)
+        finally:
+            del os.environ[DIE_WITH_PARENT]
         if self.weight_transfer == BACKEND:    # the file system is the channel: nothing to join
             await self.init_weight_transfer({})
 

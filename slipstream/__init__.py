@@ -51,4 +51,29 @@ def _hide_broken_vision_packages() -> None:
 
 _hide_broken_vision_packages()
 
+# Set (to the spawner's pid) by rollout/engine.py while vLLM spawns its engine processes: a
+# process started with it asks the kernel to kill it when its parent dies, and so do the
+# processes it starts in turn. Without it, a rollout worker killed by Ray (SIGKILL on shutdown,
+# an OOM kill, a timeout) leaves its engine core and model worker running as orphans, each
+# holding gigabytes and a share of the cores, until someone finds them.
+DIE_WITH_PARENT = "SLIPSTREAM_DIE_WITH_PARENT"
+
+
+def _die_with_parent() -> None:
+    spawner = os.environ.get(DIE_WITH_PARENT, "")
+    if not spawner.isdigit() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+    # Adopted by init before the request was made: the parent is already gone. (A spawner that
+    # is itself pid 1, as in a container, is a live parent.)
+    if os.getppid() == 1 and spawner != "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_die_with_parent()
+
 __version__ = "0.1.0"

@@ -203,3 +203,22 @@ def test_pinned_reissued_tickets_wait_for_their_own_version():
     assert buf.try_ticket() == 1
     buf.put(1, make_group(1))
     assert buf.generated_through(0)
+
+
+def test_the_idle_clock_counts_only_time_with_no_group_in_flight(monkeypatch):
+    from slipstream.buffer import actor
+
+    clock_now = [0.0]
+    monkeypatch.setattr(actor.time, "monotonic", lambda: clock_now[0])
+    idle = actor.IdleClock()
+    idle.idle()                        # before the first ticket: start-up, not idleness
+    clock_now[0] = 5.0
+    assert idle.seconds() == 0.0
+    idle.busy()
+    clock_now[0] = 8.0
+    idle.idle()
+    clock_now[0] = 10.0
+    assert idle.seconds() == 2.0       # still idle: counted up to now
+    idle.busy()
+    clock_now[0] = 30.0
+    assert idle.seconds() == 2.0

@@ -121,3 +121,30 @@ def test_evaluate_checks_every_argument_before_any_engine_starts(tmp_path, args,
     assert result.returncode != 0
     assert message in result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("flags : fpu sse2 avx2 avx512f avx512_bf16\n", "bfloat16"),
+    ("flags : fpu sse2 avx2 amx_bf16 amx_tile\n", "bfloat16"),
+    ("flags : fpu sse2 avx2 fma\n", "float32"),       # bf16 emulated: measured ~5x slower
+    ("processor : 0\n", "float32"),
+])
+def test_dtype_auto_picks_bf16_only_where_the_cpu_has_bf16_instructions(tmp_path, flags,
+                                                                         expected):
+    from slipstream.model_config import fastest_dtype
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor : 0\n" + flags)
+    if Path("/proc/driver/nvidia/gpus").is_dir():
+        pytest.skip("a GPU machine picks bf16 whatever its CPU")
+    assert fastest_dtype(str(cpuinfo)) == expected
+
+
+def test_dtype_auto_is_written_to_the_config_as_the_dtype_chosen():
+    from slipstream.model_config import fastest_dtype
+
+    config = parse_config(["--model.dtype", "auto"])
+    assert config.model.dtype == fastest_dtype() in ("bfloat16", "float32")
+    assert config.model_dump(mode="json")["model"]["dtype"] == config.model.dtype
+    with pytest.raises(SlipstreamError, match="'fp16' is not one of auto, bfloat16, float32"):
+        parse_config(["--model.dtype", "fp16"])

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.e2e
 
 def kill_rollout_worker_after(run_dir, rows: int, killed: list):
     """A `while_running` hook: SIGKILL the rollout worker's process (Ray's `ray::RolloutWorker`)
-    once, when metrics.jsonl holds `rows` steps; its pid goes to `killed`."""
+    once, when metrics.jsonl holds `rows` steps; its pid goes to `killed`, then the processes
+    it had started (vLLM's engine core and model worker)."""
     def hook(proc) -> None:
         metrics = run_dir / "metrics.jsonl"
         if killed or not metrics.exists() or len(metrics.read_text().splitlines()) < rows:
@@ -24,8 +25,10 @@ def kill_rollout_worker_after(run_dir, rows: int, killed: list):
         for child in psutil.Process(proc.pid).children(recursive=True):
             try:
                 if "RolloutWorker" in " ".join(child.cmdline()):
+                    orphans = child.children(recursive=True)
+                    names = [p.name() for p in orphans]
                     child.kill()
-                    killed.append(child.pid)
+                    killed.extend([child, *zip(orphans, names)])
                     return
             except psutil.Error:
                 continue
@@ -39,6 +42,11 @@ def test_a_killed_rollout_worker_is_replaced_and_the_run_finishes(tiny_model, tm
                     while_running=kill_rollout_worker_after(out, rows=1, killed=killed))
     assert killed, "the rollout worker was never found to kill"
     assert result.returncode == 0, result.stderr[-3000:]
+    # Its engine processes died with it (slipstream/__init__.py), not left running as orphans.
+    orphans = dict(killed[1:])
+    assert any("VLLM" in name for name in orphans.values()), orphans
+    _, alive = psutil.wait_procs([killed[0], *orphans], timeout=10)
+    assert not alive, [p.name() for p in alive]
     assert "rollout worker 0 replaced" in result.stderr
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]

@@ -97,3 +97,39 @@ def test_a_model_that_looks_local_but_is_missing_is_not_taken_for_a_hub_name(nam
     with pytest.raises(SlipstreamError, match="does not exist|is empty"):
         resolve_model(name)
     assert resolve_model("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
+
+
+def test_auto_threads_give_the_learner_the_cores_the_engines_left_idle():
+    from slipstream.launch.placement import LearnerThreads
+
+    threads = LearnerThreads(cores=2, engine_cores=1)
+    assert threads.current == 2                     # unmeasured: every core
+    assert threads.observe(idle_s=0.0, now=100.0) is None and threads.current == 2
+    assert threads.observe(idle_s=16.0, now=120.0) == 0.8 and threads.current == 2
+    assert threads.observe(idle_s=20.0, now=140.0) == 0.2 and threads.current == 1
+    assert threads.observe(idle_s=25.0, now=160.0) == 0.25 and threads.current == 1
+    assert threads.observe(idle_s=31.0, now=180.0) == 0.3 and threads.current == 2
+    many = LearnerThreads(cores=16, engine_cores=4)
+    many.observe(0.0, 0.0)
+    many.observe(5.0, 10.0)                         # half idle: 2 of the 4 engine cores busy
+    assert many.current == 14
+
+
+def test_fixed_threads_never_change_but_the_idle_share_is_still_measured():
+    from slipstream.launch.placement import LearnerThreads
+
+    threads = LearnerThreads(cores=2, engine_cores=1, fixed=1)
+    threads.observe(0.0, 0.0)
+    assert threads.observe(10.0, 10.0) == 1.0 and threads.current == 1
+
+
+def test_deterministic_mode_keeps_auto_threads_at_one():
+    """A thread count that varied by step would change the bits of the gradient norm."""
+    from slipstream.launch.config import RunConfig
+    from slipstream.launch.placement import LearnerThreads
+
+    threads = LearnerThreads.for_run(RunConfig(deterministic=True))
+    threads.observe(0.0, 0.0)
+    threads.observe(10.0, 10.0)                     # an idle engine changes nothing
+    assert threads.current == 1
+    assert LearnerThreads.for_run(RunConfig()).fixed is None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,8 +33,10 @@ class TrainerConfig(BaseModel):
     num_gpus: float | None = Field(None, ge=0, description=(
         "GPUs Ray gives the learner (0: CPU; a fraction shares a GPU with an engine). None: "
         "chosen from the node (launch/placement.py)."))
-    threads: int = Field(1, ge=1, description="torch threads of the learner (the rest of the "
-                         "cores go to the sampler).")
+    threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description=(
+        "torch threads of the learner. 'auto': set before every step to the cores the rollout "
+        "engines left idle during the last one (launch/placement.py `LearnerThreads`); a "
+        "number: fixed."))
     loss: LossConfig = Field(default_factory=GRPOLossConfig, description=(
         "The loss recipe (`kind`) and its pieces; see trainer/losses/."))
     reference_model: bool = Field(False, description=(
@@ -61,3 +64,14 @@ class TrainerConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1, description=(
         "Complete checkpoints kept (the newest); each is written to a temporary name, renamed, "
         "then given a manifest, so a half-written one is never taken for whole."))
+
+
+def initial_threads(threads: int | str, deterministic: bool) -> int:
+    """torch threads to start with. auto: every core until the controller says otherwise
+    (launch/placement.py LearnerThreads; the reference loop's learner trains while its engine
+    waits), but one in deterministic mode: a reduction outside the batch-invariant context (the
+    gradient norm) splits its sum by thread count, so a count that varied from step to step
+    would change the bits."""
+    if threads != "auto":
+        return int(threads)
+    return 1 if deterministic else (os.cpu_count() or 1)

@@ -32,7 +32,7 @@ from slipstream.buffer.records import Group
 from slipstream.errors import SlipstreamError
 from slipstream.model_config import ModelConfig
 from slipstream.trainer.advantages import estimate_advantages, gae, whiten
-from slipstream.trainer.config import TrainerConfig
+from slipstream.trainer.config import TrainerConfig, initial_threads
 from slipstream.trainer.logprobs import MicroBatch, TokenForward, forward_tokens, token_logprobs
 from slipstream.trainer.losses import LossInputs, LossOutput, compute_loss
 from slipstream.trainer.losses.kl import kl_estimate
@@ -86,7 +86,7 @@ class Learner:
         self.samples_per_step = trainer.groups_per_step * group_size
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         self.deterministic, self.weights_dir = deterministic, weights_dir
-        torch.set_num_threads(trainer.threads)
+        torch.set_num_threads(initial_threads(trainer.threads, deterministic))
         torch.manual_seed(seed)
         dtype = getattr(torch, model.dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(model.path)
@@ -138,6 +138,9 @@ class Learner:
             "bf16": {"enabled": self.policy.dtype == torch.bfloat16},
             "steps_per_print": 2**31 - 1,
         }
+
+    def set_threads(self, threads: int) -> None:
+        torch.set_num_threads(threads)
 
     def train_step(self, groups: list[Group]) -> StepResult:
         started = time.perf_counter()
