@@ -173,12 +173,20 @@ class RunStore:
             self._follow_index()
             self._follow_metrics()
 
-    def _follow_index(self) -> None:
-        entries, too_long, rewritten = self._index.new_lines()
+    def _new_lines(self, follower: JsonlFollower, source: str,
+                   clear: Callable[[], None]) -> list[tuple[int, bytes]]:
+        """The follower's new lines; a file rewritten since (a resume's rewind) first drops what
+        was taken from it and starts a new generation, so the page reloads instead of
+        appending."""
+        entries, too_long, rewritten = follower.new_lines()
         if rewritten:
-            self._clear_index()
+            clear()
             self.generation += 1
-        self._skip(_INDEX, _TOO_LONG, too_long)
+        self._skip(source, _TOO_LONG, too_long)
+        return entries
+
+    def _follow_index(self) -> None:
+        entries = self._new_lines(self._index, _INDEX, self._clear_index)
         sizes: dict[str, int | None] = {}     # step file sizes, looked up once per refresh
         for _, line in entries:
             row, browser_ready = parse_line(line)
@@ -250,11 +258,7 @@ class RunStore:
             self._add_row(row, None, source, sizes)
 
     def _follow_metrics(self) -> None:
-        entries, too_long, rewritten = self._metrics.new_lines()
-        if rewritten:
-            self._clear_metrics()
-            self.generation += 1
-        self._skip(_METRICS, _TOO_LONG, too_long)
+        entries = self._new_lines(self._metrics, _METRICS, self._clear_metrics)
         for _, line in entries:
             row, _ = parse_line(line)
             problem = _NOT_JSON if row is None else metrics_row_problem(row)
