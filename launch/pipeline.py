@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from slipstream.buffer.actor import ReplayBufferActor
 from slipstream.envs import build_env
-from slipstream.errors import RunStopped, SlipstreamError
+from slipstream.errors import RunStopped, SlipstreamError, one_line
 from slipstream.launch.config import RunConfig
 from slipstream.launch.metrics import batch_metrics
 from slipstream.launch.placement import LearnerThreads, Placement, check_hosts, plan
@@ -77,11 +77,8 @@ class Actors:
 
 def _actor_error(error: Exception) -> SlipstreamError:
     """The failing actor's own error, in one line; its full traceback goes to stderr above it."""
-    cause = getattr(error, "cause", None) or error
     print(str(error), file=sys.stderr)
-    first_line = (str(cause).strip().splitlines() or [""])[0]
-    kind = "" if isinstance(cause, SlipstreamError) else f"{type(cause).__name__}: "
-    return SlipstreamError(f"an actor failed: {kind}{first_line}")
+    return SlipstreamError(f"an actor failed: {one_line(error, name_own=False)}")
 
 
 def _await(ref: ray.ObjectRef, actors: Actors, timeout_s: float | None = None,

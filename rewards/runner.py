@@ -37,7 +37,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from slipstream.errors import SlipstreamError
+from slipstream.errors import SlipstreamError, one_line
 
 RewardFn = Callable[[str, str], float]
 _STARTUP_TIMEOUT_S = 300.0     # a fresh interpreter importing sympy on a loaded machine
@@ -52,16 +52,11 @@ class RewardResult:
     error: str | None = None       # None when the reward ran normally, else one line
 
 
-def _one_line(error: BaseException) -> str:
-    message = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {message[0]}" if message else type(error).__name__
-
-
 def _score_one(fn: RewardFn, completion: str, reference: str) -> tuple[float, str | None]:
     try:
         score = fn(completion, reference)
     except Exception as error:  # noqa: BLE001 - any failure of a reward is that item's failure
-        return 0.0, _one_line(error)
+        return 0.0, one_line(error)
     # bool and numpy floats are numbers.Real; strings, None and tensors are not.
     if not isinstance(score, numbers.Real) or not math.isfinite(score):
         return 0.0, f"reward returned {score!r}, not a finite number"

@@ -28,7 +28,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from slipstream.errors import SlipstreamError
+from slipstream.errors import SlipstreamError, one_line
 
 
 class EngineSyncClient:
@@ -95,12 +95,6 @@ class EngineSyncClient:
         raise NotImplementedError
 
 
-def _one_line(error: BaseException) -> str:
-    cause = getattr(error, "cause", None) or error
-    first = (str(cause).strip().splitlines() or [""])[0]
-    return f"{type(cause).__name__}: {first}"
-
-
 class RayWorkersClient(EngineSyncClient):
     """Over rollout-worker actors (rollout/worker.py), which pass each call to their engine."""
 
@@ -132,7 +126,7 @@ class RayWorkersClient(EngineSyncClient):
                                       ) from None
             except (RayTaskError, RayActorError) as error:
                 raise SlipstreamError(f"weight sync: {what} failed on worker {worker_id}: "
-                                      f"{_one_line(error)}") from None
+                                      f"{one_line(error)}") from None
         return results
 
 
@@ -162,5 +156,5 @@ class LocalEnginesClient(EngineSyncClient):
         for engine_id, result in enumerate(results):
             if isinstance(result, BaseException):
                 raise SlipstreamError(f"weight sync: {what} failed on engine {engine_id}: "
-                                      f"{_one_line(result)}") from result
+                                      f"{one_line(result)}") from result
         return results

@@ -148,3 +148,16 @@ def test_dtype_auto_is_written_to_the_config_as_the_dtype_chosen():
     assert config.model_dump(mode="json")["model"]["dtype"] == config.model.dtype
     with pytest.raises(SlipstreamError, match="'fp16' is not one of auto, bfloat16, float32"):
         parse_config(["--model.dtype", "fp16"])
+
+
+def test_one_line_names_the_error_or_the_error_a_ray_error_wraps():
+    from slipstream.errors import one_line
+
+    class Wrapped(Exception):
+        cause = KeyError("missing")
+
+    assert one_line(ValueError("bad\nsecond line")) == "ValueError: bad"
+    assert one_line(Wrapped("ray text")) == "KeyError: 'missing'"
+    assert one_line(RuntimeError()) == "RuntimeError"
+    assert one_line(SlipstreamError("said\nmore")) == "SlipstreamError: said"
+    assert one_line(SlipstreamError("said\nmore"), name_own=False) == "said"

@@ -33,7 +33,7 @@ from vllm.distributed.weight_transfer.base import (ParamMeta, TrainerInitInfo,
                                                    TrainerWeightTransferEngine, WeightSource)
 from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
 
-from slipstream.errors import SlipstreamError
+from slipstream.errors import SlipstreamError, one_line
 from slipstream.trainer.weight_publish import remove_old_weight_files, write_weights_file
 from slipstream.weight_fingerprint import fingerprint
 from slipstream.weight_wire import (TensorMeta, join_group, meta_of, pack, plan_buckets,
@@ -203,16 +203,12 @@ def _alongside(local, remote, what: str):
     except Exception as error:  # noqa: BLE001 - re-raised as one line below
         thread.join(timeout=1.0)      # the engines' error usually follows within moments
         cause = outcome.get("error") or error
-        raise SlipstreamError(f"{what}: {_first_line(cause)}") from error
+        raise SlipstreamError(f"{what}: {one_line(cause, name_own=False)}") from error
     thread.join()                     # bounded: every engine call has the client's timeout
     if outcome["error"] is not None:
-        raise SlipstreamError(f"{what}: {_first_line(outcome['error'])}") from outcome["error"]
+        failure = outcome["error"]
+        raise SlipstreamError(f"{what}: {one_line(failure, name_own=False)}") from failure
     return result
-
-
-def _first_line(error: BaseException) -> str:
-    text = (str(error).strip().splitlines() or [""])[0]
-    return text if isinstance(error, SlipstreamError) else f"{type(error).__name__}: {text}"
 
 
 # ---------------------------------------------------------------- building one
