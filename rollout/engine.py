@@ -122,9 +122,10 @@ class VLLMEngine:
         else:
             # No chunked prefill: seeded requests would kill the engine (module docstring).
             extra = {"enable_chunked_prefill": False,
-                     "max_num_batched_tokens": max(model.max_model_len, 2048)}
-            # Read by the engine processes vLLM spawns next, so it must be set before.
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.rollout.kv_cache_gb)
+                     "max_num_batched_tokens": max(model.max_model_len, 2048),
+                     "kv_cache_memory_bytes": int(self.rollout.kv_cache_gb * 2**30)}
+            # vLLM's legacy variable (whole GiB) would override the size set here.
+            os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
         # Prefix caching: the samples of a group share their prompt.
         args = AsyncEngineArgs(
             model=model.path, dtype=model.dtype, max_model_len=model.max_model_len,

@@ -67,7 +67,8 @@ def test_switching_env_kind_replaces_the_branch():
      "group_size must be at least 2"),
     (["--trainer.loss.kind", "grpo", "--trainer.loss.advantage", "gae"],
      "trainer.loss.grpo.advantage"),
-    (["--trainer.optimizer.kind", "muon"], "optimizer muon with ZeRO stage 1 needs grad_clip 0"),
+    (["--trainer.optimizer.kind", "muon", "--trainer.zero-stage", "1"],
+     "optimizer muon with ZeRO stage 1 needs grad_clip 0"),
     (["--trainer.optimizer.kind", "sgd"], "trainer.optimizer"),
     (["--rollout.max-new-tokens", "100000"], "leaves no room for a prompt"),
 ])
@@ -101,9 +102,10 @@ def test_a_recipe_is_one_flag_and_its_pieces_stay_overridable():
 
 
 def test_muon_is_one_flag_where_deepspeed_can_run_it():
-    config = parse_config(["--trainer.optimizer.kind", "muon", "--trainer.zero-stage", "0"])
+    config = parse_config(["--trainer.optimizer.kind", "muon"])     # ZeRO 0, the default
     assert config.trainer.optimizer.kind == "muon" and config.trainer.grad_clip == 1.0
-    config = parse_config(["--trainer.optimizer.kind", "muon", "--trainer.grad-clip", "0"])
+    config = parse_config(["--trainer.optimizer.kind", "muon", "--trainer.grad-clip", "0",
+                           "--trainer.zero-stage", "1"])
     assert config.trainer.zero_stage == 1
 
 

@@ -98,6 +98,18 @@ def _step_gradients(tiny, tmp_path, micro_batch_size: int, loss: dict) -> dict[s
     return captured
 
 
+def test_the_gradient_norm_is_reported_at_every_zero_stage(tiny, tmp_path):
+    """At ZeRO 0 in fp32 DeepSpeed clips without keeping the norm, so the learner measures it:
+    the same first step at ZeRO 0 and at ZeRO 1 (where DeepSpeed's wrapper reports it)."""
+    norms = []
+    for stage in (0, 1):
+        learner = make_learner(tiny, tmp_path / str(stage), zero_stage=stage)
+        result = learner.train_step(make_groups(learner, [[1.0, 0.0, 0.0, 1.0]] * 2))
+        norms.append(result.metrics["optim/grad_norm"])
+    assert norms[0] > 0
+    assert norms[0] == pytest.approx(norms[1], rel=1e-4)
+
+
 @pytest.mark.parametrize("loss", [{"kind": "grpo"}, {"kind": "gspo"},
                                   {"kind": "dr_grpo", "aggregation": "sequence_mean"}],
                          ids=["grpo", "gspo", "dr_grpo-sequence"])

@@ -7,7 +7,7 @@ import torch
 
 from factories import make_sample
 from slipstream.launch.models import make_tiny_model
-from slipstream.trainer.logprobs import GapAccumulator, collate, token_logprobs
+from slipstream.trainer.logprobs import GapAccumulator, collate, forward_tokens, token_logprobs
 from slipstream.trainer.losses.kl import kl_estimate
 
 
@@ -32,6 +32,27 @@ def test_logprobs_match_a_plain_forward_and_ignore_padding(tiny):
     for j, token in enumerate(long.completion_ids_T):
         assert logprobs[1, j].item() == pytest.approx(expected[p - 1 + j, token].item(), abs=1e-5)
     assert batch.mask_B_T.tolist() == [[True, True, False, False], [True, True, True, True]]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_only_the_completion_rows_get_logits_and_every_row_is_right(tiny, temperature):
+    """The model computes logits from the first completion-predicting position on (the shorter
+    prompt's): each sequence's logprobs and entropies still match its own full forward."""
+    samples = [make_sample(prompt_ids=(5, 6, 7, 8, 9), versions=(0, 0, 0)),
+               make_sample(prompt_ids=(5, 6), versions=(0, 0))]
+    batch = collate(samples, pad_id=0)
+    with torch.no_grad():
+        forward = forward_tokens(tiny, batch, temperature, with_entropy=True)
+        for b, sample in enumerate(samples):
+            ids = torch.tensor([list(sample.prompt_ids + sample.completion_ids_T)])
+            logp = torch.log_softmax(tiny(input_ids=ids).logits[0].float() / temperature, -1)
+            rows = logp[len(sample.prompt_ids) - 1:-1]
+            n = len(sample.completion_ids_T)
+            targets = torch.tensor(sample.completion_ids_T)
+            assert torch.allclose(forward.logprobs_B_T[b, :n],
+                                  rows.gather(-1, targets[:, None]).squeeze(-1), atol=1e-5)
+            entropy = -(rows.exp() * rows).sum(-1)
+            assert torch.allclose(forward.entropy_B_T[b, :n], entropy, atol=1e-4)
 
 
 def k3(log_ratio: float) -> float:

@@ -81,22 +81,35 @@ def forward_tokens(model, batch: MicroBatch, temperature: float, with_entropy: b
     # The batch lives on the CPU; the model where DeepSpeed put it (CUDA on a GPU). Only the
     # per-token results come back (`.to` keeps the graph), so the losses run on the CPU.
     device = next(model.parameters()).device
+    # The full-vocabulary logits are the learner's largest tensors: the model computes them
+    # only from the first position that predicts a completion token (HF's `logits_to_keep`
+    # keeps the last N positions), skipping the prompt rows every sequence shares.
+    first = int(batch.positions_B_T[batch.mask_B_T].min()) if batch.mask_B_T.any() else 0
+    length = batch.input_ids_B_L.shape[1]
     output = model(input_ids=batch.input_ids_B_L.to(device),
-                   attention_mask=batch.attention_mask_B_L.to(device), use_cache=False)
-    logits = output.logits
-    vocab = logits.shape[-1]
+                   attention_mask=batch.attention_mask_B_L.to(device), use_cache=False,
+                   logits_to_keep=length - first)
     positions = batch.positions_B_T.to(device)
-    rows = logits.gather(1, positions.unsqueeze(-1).expand(-1, -1, vocab))
-    logp_all = scaled_log_softmax(rows, temperature)
-    logprobs = logp_all.gather(-1, batch.targets_B_T.to(device).unsqueeze(-1)).squeeze(-1)
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            entropy = (-(logp_all.exp() * logp_all).sum(-1)).cpu()
     values = None
     if isinstance(output, ValueOutput):
         values = output.values_B_L.gather(1, positions).float().cpu()
+    logits = output.logits
+    del output                  # the logits are freed once gathered, before the fp32 copies
+    vocab = logits.shape[-1]
+    kept = (positions - first).clamp(min=0)       # padding columns point at row 0, masked later
+    rows = logits.gather(1, kept.unsqueeze(-1).expand(-1, -1, vocab))
+    del logits
+    logp_all = scaled_log_softmax(rows, temperature)
+    logprobs = logp_all.gather(-1, batch.targets_B_T.to(device).unsqueeze(-1)).squeeze(-1)
+    entropy = _entropy(logp_all) if with_entropy else None
     return TokenForward(logprobs.cpu(), entropy, values)
+
+
+@torch.no_grad()
+def _entropy(logp_all_B_T_V: torch.Tensor) -> torch.Tensor:
+    """Per-token entropy, one sequence at a time: p * log p over the whole vocabulary would
+    otherwise be two more fp32 copies of the micro-batch's logits."""
+    return torch.stack([-(row.exp() * row).sum(-1) for row in logp_all_B_T_V]).cpu()
 
 
 def token_logprobs(model, batch: MicroBatch, temperature: float) -> torch.Tensor:

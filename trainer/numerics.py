@@ -321,7 +321,9 @@ def _register_with_transformers() -> None:
 def scaled_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """log_softmax(logits / temperature) over the last dim, in fp32: the one expression the
     sampler draws from and the learner recomputes, so both round alike."""
-    return torch.log_softmax(logits.float() / temperature, dim=-1)
+    logits = logits.float()
+    # x / 1.0 is x bitwise: skipping it saves an fp32 copy of the logits, and changes no bit.
+    return torch.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
 
 
 def _addmm(bias, a, b, *, beta=1, alpha=1):

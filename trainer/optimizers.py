@@ -1,6 +1,6 @@
 """The learner's optimizer, chosen with `kind`: plain AdamW, or Muon on the hidden matrices.
 
-    adamw  torch.optim.AdamW on every parameter (what the learner has always used).
+    adamw  torch.optim.AdamW (fused) on every parameter (what the learner has always used).
     muon   Muon on the 2-D weight matrices inside the transformer blocks, AdamW on the rest.
 
 Which parameters Muon gets. Muon replaces a matrix's update by (approximately) the nearest
@@ -158,7 +158,9 @@ def build_optimizer(model: torch.nn.Module, config: AdamWConfig | MuonConfig,
         raise OptimizerSettingError(f"learning rate must be positive, got {lr}")
     params = [p for p in model.parameters() if p.requires_grad]
     if config.kind == "adamw":
-        return torch.optim.AdamW(params, **_adamw_settings(config, lr))
+        # Fused: one kernel per parameter, no full-size temporaries (the unfused step on a
+        # flat fp32 buffer held another 0.5 GiB at SmolLM2's size) and about 10% faster here.
+        return torch.optim.AdamW(params, **_adamw_settings(config, lr), fused=True)
     return _build_muon(model, config, lr)
 
 
