@@ -27,9 +27,11 @@ import tempfile
 from pathlib import Path
 
 from measure import ROOT, MeasuredRun, run_measured, run_script  # benchmarks/ is on the path
+from slipstream.launch.quickstart import DEFAULTS
 
 WINDOW_MIN = 2.0
-SAMPLES_PER_STEP = 32        # the quickstart's 4 prompts x 8 samples (trl_arm.py uses the same)
+SAMPLES_PER_STEP = (DEFAULTS["trainer"]["groups_per_step"]     # trl_arm.py uses the same
+                    * DEFAULTS["rollout"]["group_size"])
 
 
 def slipstream_arm(out: Path, seed: int, minutes: float) -> MeasuredRun:

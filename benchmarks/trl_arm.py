@@ -58,35 +58,28 @@ class StepLog:
         self.file.flush()
 
 
-def quickstart_dataset(config, count: int):
-    """The env's first `count` training prompts, in order, as TRL's conversational rows."""
+def quickstart_dataset(config, tokenizer, count: int):
+    """The env's first `count` training prompts, in order, as TRL's conversational rows, each
+    with its templated token count (the trained tokens include the prompt's, as ours do)."""
     from datasets import Dataset
 
     from slipstream.envs import build_env
+    from slipstream.rollout.group import encode_prompt
 
     env = build_env(config.env, config.seed)
     return Dataset.from_list([
-        {"prompt": list(p.messages), "reference": p.reference}
+        {"prompt": list(p.messages), "reference": p.reference,
+         "prompt_tokens": len(encode_prompt(tokenizer, p)[1])}
         for p in (env.prompt(i) for i in range(count))])
 
 
-def make_reward(config, rewards, tokenizer, log: StepLog):
+def make_reward(rewards, log: StepLog):
     """TRL's reward-function signature around the run's own RewardRunner."""
-    prompt_lengths: dict[str, int] = {}
 
-    def prompt_length(messages) -> int:
-        key = json.dumps(messages)
-        if key not in prompt_lengths:
-            text = tokenizer.apply_chat_template(messages, tokenize=False,
-                                                 add_generation_prompt=True)
-            prompt_lengths[key] = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        return prompt_lengths[key]
-
-    def quickstart_reward(prompts, completions, completion_ids, reference, **_):
+    def quickstart_reward(completions, completion_ids, reference, prompt_tokens, **_):
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         scores = [r.score for r in rewards.score(list(zip(texts, reference)))]
-        tokens = sum(prompt_length(p) + len(ids) for p, ids in zip(prompts, completion_ids))
-        log.record(scores, tokens)
+        log.record(scores, sum(prompt_tokens) + sum(len(ids) for ids in completion_ids))
         return scores
 
     return quickstart_reward
@@ -134,8 +127,9 @@ def run(args: argparse.Namespace) -> None:
     with RewardRunner(build_reward(config.reward), config.reward.timeout_s) as rewards:
         grpo = GRPOTrainer(
             model=model, processing_class=tokenizer, args=settings,
-            reward_funcs=make_reward(config, rewards, tokenizer, log),
-            train_dataset=quickstart_dataset(config, 8 * 1024), callbacks=[Budget()])
+            reward_funcs=make_reward(rewards, log),
+            train_dataset=quickstart_dataset(config, tokenizer, 8 * 1024),
+            callbacks=[Budget()])
         grpo.train()
     grpo.save_model(str(args.out / "final"))
     tokenizer.save_pretrained(str(args.out / "final"))
