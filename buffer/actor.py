@@ -6,7 +6,8 @@ lives in `ReplayBuffer` (pure, unit-tested); this file only adds waiting and fil
 
 On disk, under `DIR/buffer/` (JSON Lines, readable without Ray or slipstream), written by
 buffer/snapshots.py: `snapshot-stepNNNNNN.jsonl` and `snapshot-final.jsonl` (every waiting
-sample with its age against `max_lag`), `evictions.jsonl` (every evicted group, with the reason).
+sample with its age against `max_lag`, and every group kept for replay with its reuse count),
+`evictions.jsonl` (every evicted or retired group, with the reason).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class ReplayBufferActor:
         self._buffer = ReplayBuffer(groups_per_step, config.max_lag, config.capacity_groups,
                                     pinned=config.schedule == "pinned",
                                     drop_uniform=max_uniform_drops is not None,
-                                    max_uniform_drops=max_uniform_drops or 0)
+                                    max_uniform_drops=max_uniform_drops or 0,
+                                    replay=config.replay)
         self._changed = asyncio.Condition()
         self._dir = Path(directory)
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -101,11 +103,10 @@ class ReplayBufferActor:
         self._holder.pop(ticket, None)
         if not self._holder:
             self._idle.idle()
-        before = len(self._buffer.evictions)
         try:
             self._buffer.put(ticket, group)
         finally:
-            self._log_evictions(self._buffer.evictions[before:])   # dynamic sampling's drops
+            self._log_evictions()   # dynamic sampling's drops
             await self._notify()
 
     async def set_rollout_version(self, version: int) -> None:
@@ -123,9 +124,8 @@ class ReplayBufferActor:
         async def wait_for_batch() -> list[Group]:
             async with self._changed:
                 while True:
-                    before = len(self._buffer.evictions)
                     batch = self._buffer.take_batch(learner_version)
-                    self._log_evictions(self._buffer.evictions[before:])
+                    self._log_evictions()
                     if batch is not None:
                         self._changed.notify_all()   # freed capacity: workers may go on
                         return batch
@@ -135,9 +135,19 @@ class ReplayBufferActor:
         except asyncio.TimeoutError:
             return None
 
-    def _log_evictions(self, evictions: list) -> None:
+    def _log_evictions(self) -> None:
+        evictions = self._buffer.drain_evictions()
         append_evictions(self._dir, evictions)
         self._evictions_logged += len(evictions)
+
+    async def after_step(self, trained: dict[str, dict], learner_version: int) -> None:
+        """The step's report on each group it trained (ReplayBuffer.after_step): they go back
+        to the replay pool, or leave it with their reason."""
+        try:
+            self._buffer.after_step(trained, learner_version)
+        finally:
+            self._log_evictions()
+            await self._notify()
 
     async def export_state(self) -> dict:
         """The buffer's state for a checkpoint (ReplayBuffer.state) and how many lines of

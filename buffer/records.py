@@ -76,6 +76,18 @@ class Group:
     ticket: int                         # global order in which the buffer admitted the group
     prompt_id: str
     samples: tuple[Sample, ...]
+    # Replay (buffer/replay_pool.py): how many learner steps have trained on the group, the
+    # learner version of the last of them, each sample's trainer logprobs then (the proximal
+    # anchor of decoupled PPO when the group is replayed) and the group's mean |advantage| then.
+    reuse_count: int = 0
+    last_trained_version: int | None = None
+    anchor_logprobs: tuple[tuple[float, ...], ...] = ()
+    last_abs_advantage: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.anchor_logprobs and [len(a) for a in self.anchor_logprobs] != \
+                [len(s.completion_ids_T) for s in self.samples]:
+            raise ValueError(f"group {self.group_id}: anchor logprobs do not match its samples")
 
     @property
     def oldest_version(self) -> int:
@@ -107,7 +119,7 @@ class TrainedSample:
     importance_weights_T: tuple[float, ...] = ()
     masked_T: tuple[bool, ...] = ()
     mask_reasons_T: tuple[str, ...] = ()
-    reuse_count: int = 0                # earlier steps that trained on this sample (no reuse yet)
+    reuse_count: int = 0                # earlier steps that trained on this sample (replay)
     # Each token's advantage, when they differ within the sample (GAE, a KL penalty in the
     # reward, batch-normalised returns); empty when every token has `advantage`, which is then
     # the sample's advantage (else the mean over its tokens).
@@ -144,4 +156,8 @@ def sample_from_json(data: Mapping[str, Any]) -> Sample:
 def group_from_json(data: Mapping[str, Any]) -> Group:
     """The inverse of `to_json_dict` for a group (a resumed buffer's waiting groups)."""
     return Group(group_id=data["group_id"], ticket=data["ticket"], prompt_id=data["prompt_id"],
-                 samples=tuple(sample_from_json(s) for s in data["samples"]))
+                 samples=tuple(sample_from_json(s) for s in data["samples"]),
+                 reuse_count=data.get("reuse_count", 0),
+                 last_trained_version=data.get("last_trained_version"),
+                 anchor_logprobs=tuple(tuple(a) for a in data.get("anchor_logprobs", ())),
+                 last_abs_advantage=data.get("last_abs_advantage"))

@@ -394,8 +394,11 @@ class RunStore:
 def _snapshot_summary(row: dict[str, Any]) -> dict[str, Any]:
     sample = row["sample"]
     versions = sample.get("versions_T") or []
+    # A replayed group is bounded by the replay's max_age, a waiting one by max_lag.
+    replayed = row.get("held") == "replay" and isinstance(row.get("max_age"), int)
     return {"ticket": row.get("ticket"), "learner_version": row.get("learner_version"),
-            "age": row.get("age"), "max_lag": row.get("max_lag"),
+            "age": row.get("age"), "max_lag": row["max_age"] if replayed else row.get("max_lag"),
+            "held": "replay" if replayed else "waiting",
             "reuse": row.get("reuse_count", 0), "id": sample["sample_id"],
             "group": sample.get("group_id"), "len": len(versions),
             "version_min": min(versions, default=None),

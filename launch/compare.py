@@ -2,11 +2,13 @@
 each over a few seeds, then which differences are real.
 
     python launch/compare.py --recipes grpo,muon --seeds 2 --steps 40 --output-dir runs/cmp \
-        [--minutes 10] [--eval-count 200] [--arm fast='--trainer.lr 1e-4'] [--script quickstart] \
-        [--trainer.groups-per-step 2 --model.dtype float32 ...   (every arm)]
+        [--minutes 10] [--samples 1024] [--eval-count 200] [--arm fast='--trainer.lr 1e-4'] \
+        [--script quickstart] [--trainer.groups-per-step 2 --model.dtype float32 ... (every arm)]
 
 An arm is a user-defined `--arm NAME='flags'`, a preset (compare_plan.PRESETS), or else a loss
-kind (`--trainer.loss.kind NAME`, validated by the run config). Arms may change only `trainer.*`.
+kind (`--trainer.loss.kind NAME`, validated by the run config). Arms may change only the
+algorithm: `trainer.*`, `buffer.replay.*` and `buffer.max_lag`. `--samples N` gives every run the
+same budget of generated samples (replay arms then take more steps).
 Each arm x seed is one run of the launch script (DIR/runs/<arm>-seed<k>, its output in
 DIR/runs/<arm>-seed<k>.log), then launch/evaluate.py on its final policy; its numbers go to
 DIR/runs/<arm>-seed<k>/result.json, so re-running the same command skips finished runs and
@@ -40,7 +42,7 @@ from slipstream.trainer.checkpoints import complete_checkpoints, read_manifest
 
 # Config fields that differ between runs or belong to training only; evaluation gets the rest.
 PER_RUN = {"output_dir", "overwrite", "resume", "resumes", "seed", "steps", "progress",
-           "time_budget_min"}
+           "time_budget_min", "sample_budget"}
 
 
 def validate(plan: Plan) -> int:
@@ -141,8 +143,10 @@ def train(plan: Plan, arm: Arm, seed: int, bar: tqdm, done: float) -> tuple[int,
             while proc.poll() is None:
                 time.sleep(1.0)
                 rows, elapsed = watcher.poll(), time.monotonic() - started
+                fresh = rows[-1].get("rollout/fresh_samples_total", 0) if rows else 0
                 fraction = max(len(rows) / plan.steps if plan.steps else 0.0,
-                               elapsed / (plan.minutes * 60) if plan.minutes else 0.0)
+                               elapsed / (plan.minutes * 60) if plan.minutes else 0.0,
+                               fresh / plan.samples if plan.samples else 0.0)
                 bar.n = done + min(fraction, 0.99)
                 reward = f" reward {rows[-1]['reward/mean']:.3f}" if rows else ""
                 bar.set_postfix_str(f"{arm.name} seed{seed} step {len(rows)}{reward}")
@@ -193,7 +197,8 @@ def run_curve(out: Path) -> dict:
         config = json.loads(config_path.read_text())
         per_step = config["trainer"]["groups_per_step"] * config["rollout"]["group_size"]
     return {"steps": [r["step"] for r in rows], "rewards": [r["reward/mean"] for r in rows],
-            "wall_s": [r["timing/wall_s"] for r in rows], "samples_per_step": per_step}
+            "wall_s": [r["timing/wall_s"] for r in rows], "samples_per_step": per_step,
+            "fresh_samples": [r.get("rollout/fresh_samples_total", 0) for r in rows]}
 
 
 def run_one(plan: Plan, arm: Arm, seed: int, bar: tqdm, done: float) -> cr.RunResult:
@@ -237,18 +242,22 @@ def plot(summaries: list[cr.ArmSummary], path: Path) -> None:
     matplotlib.use("Agg")   # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (by_step, by_time, by_samples) = plt.subplots(1, 3, figsize=(17, 4.5))
     for arm in summaries:
         runs = [r for r in arm.runs if r.trained]
         if not runs:
             continue
-        for axis, band in ((by_step, cr.band_by_step(runs)), (by_time, cr.band_by_time(runs))):
+        bands = [(by_step, cr.band_by_step(runs)), (by_time, cr.band_by_time(runs))]
+        if all(r.fresh_samples and r.fresh_samples[-1] for r in runs):
+            bands.append((by_samples, cr.band_by_samples(runs)))
+        for axis, band in bands:
             x, mean, low, high = band
             line, = axis.plot(x, mean, label=f"{arm.name} ({len(runs)} seeds)")
             axis.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     by_step.set(xlabel="learner step", ylabel="reward (mean of the step's samples)")
     by_time.set(xlabel="wall clock (minutes)", ylabel="reward")
-    for axis in (by_step, by_time):
+    by_samples.set(xlabel="generated samples trained on (fresh)", ylabel="reward")
+    for axis in (by_step, by_time, by_samples):
         axis.grid(alpha=0.3)
         if axis.lines:
             axis.legend(fontsize="small")
@@ -261,7 +270,7 @@ def plot(summaries: list[cr.ArmSummary], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     plan = parse_args(sys.argv[1:] if argv is None else argv)
     default_steps = validate(plan)
-    if plan.steps is None and plan.minutes is None:
+    if plan.steps is None and plan.minutes is None and plan.samples is None:
         plan.steps = default_steps   # explicit, so compare.json and the report name it
     claim_output_dir(plan)
     results = load_finished(plan)
@@ -276,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         bar.refresh()
     bar.close()
     # With a clock budget runs end at different steps: wall time is the common axis.
-    auc_over = "time" if plan.minutes else "steps"
+    auc_over = "time" if plan.minutes or plan.samples else "steps"
     summaries = [cr.summarise(a.name, a.flags, [results[a.name, s] for s in range(plan.seeds)],
                               auc_over) for a in plan.arms]
     (plan.out / "compare.md").write_text(cr.report(

@@ -20,7 +20,10 @@ PRESETS: dict[str, list[str]] = {   # named arms besides loss kinds
 }
 # Set by compare itself, never by the user's common overrides.
 RESERVED = {"seed": "seeds come from --seeds", "output_dir": "use --output-dir",
-            "time_budget_min": "use --minutes"}
+            "time_budget_min": "use --minutes", "sample_budget": "use --samples"}
+# What an arm may change besides trainer.*: how the buffer reuses and ages data is part of the
+# algorithm being compared (replay, the staleness sweep).
+ARM_BUFFER_KEYS = ("buffer.replay.", "buffer.max_lag")
 NO_STEP_LIMIT = 1_000_000   # --minutes without --steps: the clock is the budget
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -42,19 +45,24 @@ class Plan:
     eval_count: int
     common: list[str]
     command: str
+    samples: int | None = None       # a budget of generated samples per run
 
     def footing(self) -> dict:
         """What every arm must share; a re-run into the same DIR must match it."""
         return {"script": self.script.name, "common": self.common, "steps": self.steps,
-                "minutes": self.minutes, "eval_count": self.eval_count}
+                "minutes": self.minutes, "samples": self.samples, "eval_count": self.eval_count}
 
     def budget_flags(self) -> list[str]:
-        steps = self.steps or (NO_STEP_LIMIT if self.minutes else None)
+        steps = self.steps or (NO_STEP_LIMIT if self.minutes or self.samples else None)
         flags = ["--steps", str(steps)] if steps else []
+        flags += ["--sample-budget", str(self.samples)] if self.samples else []
         return flags + (["--time-budget-min", f"{self.minutes:g}"] if self.minutes else [])
 
     def budget_text(self) -> str:
         parts = [f"{self.steps} learner steps"] if self.steps else []
+        if self.samples:
+            parts.append(f"{self.samples} generated samples (`--sample-budget`: fresh samples "
+                         "the learner took; replayed ones do not count again)")
         if self.minutes:
             parts.append(f"{self.minutes:g} minutes of wall time (`--time-budget-min`)")
         first = ", whichever comes first," if len(parts) > 1 else ""
@@ -75,9 +83,10 @@ def override_keys(flags: list[str]) -> list[str]:
 def _arm_error(name: str, flags: list[str]) -> str | None:
     """Why this arm would change the footing (model, env, reward, sampling, buffer, budget)."""
     for key in override_keys(flags):
-        if key.split(".")[0] != "trainer":
-            return (f"arm {name!r} sets {key}: an arm may change only the algorithm (trainer.*); "
-                    "settings for every arm go on the command line outside --arm")
+        if key.split(".")[0] != "trainer" and not key.startswith(ARM_BUFFER_KEYS):
+            return (f"arm {name!r} sets {key}: an arm may change only the algorithm (trainer.*, "
+                    "buffer.replay.*, buffer.max_lag); settings for every arm go on the command "
+                    "line outside --arm")
         if key == "trainer.groups_per_step":
             return f"arm {name!r} sets {key}: it changes the samples per step, i.e. the budget"
     return None
@@ -114,14 +123,16 @@ def parse_args(argv: list[str]) -> Plan:
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per arm")
     parser.add_argument("--steps", type=int, help="learner steps per run")
     parser.add_argument("--minutes", type=float, help="wall-clock budget per run")
+    parser.add_argument("--samples", type=int, help="budget of generated samples per run")
     parser.add_argument("--eval-count", type=int, default=200, help="held-out problems (0: none)")
     parser.add_argument("--output-dir", default="runs/compare")
     parser.add_argument("--script", default="quickstart", help="launch/<script>.py or a path")
     args, common = parser.parse_known_args(argv)
     if args.seeds < 1:
         raise SlipstreamError(f"--seeds must be at least 1, got {args.seeds}")
-    if args.steps is not None and args.steps < 1 or args.minutes is not None and args.minutes <= 0:
-        raise SlipstreamError("--steps and --minutes must be positive")
+    if args.steps is not None and args.steps < 1 or args.minutes is not None and args.minutes <= 0 \
+            or args.samples is not None and args.samples < 1:
+        raise SlipstreamError("--steps, --minutes and --samples must be positive")
     if args.eval_count < 0:
         raise SlipstreamError(f"--eval-count must be >= 0, got {args.eval_count}")
     for key in override_keys(common):
@@ -133,7 +144,7 @@ def parse_args(argv: list[str]) -> Plan:
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     return Plan(script.resolve(), Path(args.output_dir), resolve_arms(recipes, args.arm),
                 args.seeds, args.steps, args.minutes, args.eval_count, common,
-                shlex.join(["python", "launch/compare.py", *argv]))
+                shlex.join(["python", "launch/compare.py", *argv]), args.samples)
 
 
 def run_flags(plan: Plan, arm: Arm, seed: int) -> list[str]:

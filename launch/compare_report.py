@@ -38,6 +38,7 @@ class RunResult:
     rewards: list[float] = field(default_factory=list)
     wall_s: list[float] = field(default_factory=list)   # timing/wall_s of each step
     samples_per_step: int = 0
+    fresh_samples: list[int] = field(default_factory=list)   # rollout/fresh_samples_total
     accuracy: float | None = None
     eval_count: int = 0
     train_s: float = 0.0             # the training subprocess, start to exit
@@ -306,15 +307,25 @@ def interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
     return ys[-1]
 
 
-def band_by_time(runs: list[RunResult], points: int = 100) -> Band:
-    """Mean, min and max reward over seeds against wall-clock minutes, on a grid over the time
-    all seeds share (each seed interpolated linearly between its steps)."""
-    start = max(r.wall_s[0] for r in runs)
-    end = min(r.wall_s[-1] for r in runs)
+def _band_over(xs_per_run: list[list[float]], runs: list[RunResult], points: int) -> Band:
+    """Mean, min and max reward over seeds on a grid over the x range all seeds share (each
+    seed interpolated linearly between its steps)."""
+    start = max(xs[0] for xs in xs_per_run)
+    end = min(xs[-1] for xs in xs_per_run)
     if end <= start:   # no shared stretch: cover all of it; ends are held flat
-        start, end = min(r.wall_s[0] for r in runs), max(r.wall_s[-1] for r in runs)
+        start, end = min(xs[0] for xs in xs_per_run), max(xs[-1] for xs in xs_per_run)
     n = 1 if end <= start else points
     grid = [start + (end - start) * i / max(n - 1, 1) for i in range(n)]
-    at = [[interpolate(r.wall_s, r.rewards, t) for r in runs] for t in grid]
-    return ([t / 60 for t in grid], [statistics.fmean(v) for v in at],
-            [min(v) for v in at], [max(v) for v in at])
+    at = [[interpolate(xs, r.rewards, x) for xs, r in zip(xs_per_run, runs)] for x in grid]
+    return (grid, [statistics.fmean(v) for v in at], [min(v) for v in at], [max(v) for v in at])
+
+
+def band_by_time(runs: list[RunResult], points: int = 100) -> Band:
+    """The reward band against wall-clock minutes."""
+    grid, mean, low, high = _band_over([r.wall_s for r in runs], runs, points)
+    return [t / 60 for t in grid], mean, low, high
+
+
+def band_by_samples(runs: list[RunResult], points: int = 100) -> Band:
+    """The reward band against generated samples trained on (rollout/fresh_samples_total)."""
+    return _band_over([[float(n) for n in r.fresh_samples] for r in runs], runs, points)

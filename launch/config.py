@@ -49,6 +49,11 @@ class RunConfig(_Strict):
         "actor start-up included, going on across resumes): the run ends after the first step "
         "that finishes past it (then saves its final policy as usual), or at `steps`, "
         "whichever comes first."))
+    sample_budget: int | None = Field(None, ge=1, description=(
+        "A budget of generated samples: the run ends after the first step at which the "
+        "learner has taken this many freshly generated samples (`rollout/fresh_samples_total`; "
+        "replayed groups do not count again), or at `steps`, whichever comes first. The "
+        "footing on which replay and on-policy runs compare."))
     output_dir: str = Field("runs/latest", min_length=1, description=(
         "The run directory (the layout in docs/ARCHITECTURE.md). One that already holds a run "
         "is refused unless `overwrite` is set."))
@@ -105,6 +110,8 @@ class RunConfig(_Strict):
                 f"buffer.capacity_groups ({self.buffer.capacity_groups}) must hold max_lag + 1 "
                 f"steps of groups ({pinned_groups}) for buffer.schedule=pinned")
         self._check_loss()
+        self.buffer.replay.check(self.buffer.max_lag, self.trainer.groups_per_step,
+                                 self.buffer.schedule)
         check_zero_stage(self.trainer.optimizer, self.trainer.zero_stage, self.model.dtype,
                          grad_clip=self.trainer.grad_clip)
         if self.deterministic and self.rollout.top_p != 1.0:
@@ -116,8 +123,9 @@ class RunConfig(_Strict):
         """What the loss recipe asks of the other sections (trainer/losses/config.py)."""
         loss = self.trainer.loss
         if loss.needs_reference and not self.trainer.reference_model:
-            raise ValueError(f"trainer.loss.kl.coef > 0 ({loss.kind}, KL in the "
-                             f"{loss.kl.placement}) needs trainer.reference_model=true")
+            why = f"the KL in the {loss.kl.placement}" if loss.kl.coef > 0 else "its soft values"
+            raise ValueError(f"trainer.loss.kind={loss.kind} ({why}) needs "
+                             "trainer.reference_model=true")
         if loss.overlong == "shape" and loss.overlong_buffer_tokens > self.rollout.max_new_tokens:
             raise ValueError(f"trainer.loss.overlong_buffer_tokens ({loss.overlong_buffer_tokens})"
                              f" must not exceed rollout.max_new_tokens "

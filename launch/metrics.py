@@ -29,13 +29,17 @@ class TensorBoardLogger:
         self._writer.close()
 
 
-def batch_metrics(groups: Sequence[Group]) -> dict[str, float]:
-    """Reward statistics of the samples trained on at one step."""
+def batch_metrics(groups: Sequence[Group], replay: bool = False) -> dict[str, float]:
+    """Reward statistics of the samples trained on at one step; with `replay`, the batch's
+    share of replayed groups and how often its groups had trained before."""
     samples = [s for g in groups for s in g.samples]
     rewards = [s.reward for s in samples]
     zero_variance = sum(len(set(g.rewards_G)) == 1 for g in groups)
     lengths = [len(s.completion_ids_T) for s in samples]
-    return {
+    replayed = {"replay/groups": sum(g.reuse_count > 0 for g in groups),
+                "replay/share": sum(g.reuse_count > 0 for g in groups) / len(groups),
+                "replay/reuse_mean": sum(g.reuse_count for g in groups) / len(groups)}
+    return (replayed if replay else {}) | {
         "reward/mean": sum(rewards) / len(rewards),
         "reward/errors": sum(s.reward_error is not None for s in samples),
         "reward/zero_variance_groups": zero_variance,

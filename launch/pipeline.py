@@ -42,6 +42,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from tqdm import tqdm
 
 from slipstream.buffer.actor import ReplayBufferActor
+from slipstream.buffer.replay_pool import step_report
 from slipstream.envs import build_env
 from slipstream.errors import RunStopped, SlipstreamError, one_line
 from slipstream.launch.config import RunConfig
@@ -308,7 +309,7 @@ def _train(config: RunConfig, actors: Actors, run: RunDirectory, stop: GracefulS
     # Counts go on across resumes: tokens, worker and reward-process replacements.
     base = Counter(resume.state.get("counts", {}) if resume is not None else {})
     last_step, counts = first_step, Counter(base)
-    last_tokens = counts["tokens"]
+    last_tokens, fresh_samples = counts["tokens"], counts["fresh_samples"]
     last_sync = actors.resumed_sync or {"rollout/weight_version": 0}
     threads = LearnerThreads.for_run(config)
     _await(actors.learner.set_threads.remote(threads.current), actors)
@@ -319,9 +320,15 @@ def _train(config: RunConfig, actors: Actors, run: RunDirectory, stop: GracefulS
             groups = _await(batch, actors)
         result = _await(actors.learner.train_step.remote(groups), actors, what="learner step")
         actors.learner_version, last_step = result.version, result.step
+        if config.buffer.replay.enabled:
+            _await(actors.buffer.after_step.remote(step_report(result.trained),
+                                                   result.version - 1), actors)
+        fresh_samples += sum(len(g.samples) for g in groups if g.reuse_count == 0)
         counts = base + _worker_stats(actors) + Counter(worker_restarts=actors.worker_restarts)
+        counts["fresh_samples"] = fresh_samples
         tokens, now = counts["tokens"], time.monotonic()
-        extra = {**batch_metrics(groups), **last_sync, "rollout/tokens_total": tokens,
+        extra = {**batch_metrics(groups, config.buffer.replay.enabled), **last_sync,
+                 "rollout/tokens_total": tokens, "rollout/fresh_samples_total": fresh_samples,
                  "throughput/rollout_tokens_per_s": (tokens - last_tokens) / (now - last_time),
                  "faults/worker_restarts": counts["worker_restarts"],
                  "faults/reward_restarts": counts["reward_restarts"]}
@@ -337,6 +344,8 @@ def _train(config: RunConfig, actors: Actors, run: RunDirectory, stop: GracefulS
         budget = config.time_budget_min
         if budget is not None and metrics["timing/wall_s"] > budget * 60:
             last_step = config.steps    # the wall-clock budget is spent: this step is the last
+        if config.sample_budget is not None and fresh_samples >= config.sample_budget:
+            last_step = config.steps    # so is the budget of generated samples
         if result.step % config.buffer.snapshot_every == 0:
             _await(actors.buffer.snapshot.remote(result.step, result.version), actors)
         if stop.requested is not None:

@@ -84,6 +84,9 @@ async def reference_loop(config: RunConfig) -> RunDirectory:
         if resume.state.get("writer") != "reference_loop":
             raise SlipstreamError(f"--resume {config.resume}: that run is the pipeline's; "
                                   "resume it with the script that started it")
+    if config.buffer.replay.enabled:
+        raise SlipstreamError("the reference loop trains every group once: buffer.replay runs "
+                              "in the pipeline (launch/quickstart.py and its kin)")
     model = resolved_model(config)
     run = RunDirectory(config, resume)
     env = build_env(config.env, seed=config.seed)
@@ -122,6 +125,9 @@ async def reference_loop(config: RunConfig) -> RunDirectory:
             extra = {**batch_metrics(groups), **last_sync,
                      "throughput/rollout_tokens_per_s": generated / rollout_s}
             metrics = run.record(result, extra)
+            if config.sample_budget and result.step * config.samples_per_step \
+                    >= config.sample_budget:
+                break
             every = config.trainer.checkpoint_every
             if every and result.step % every == 0 and result.step < config.steps:
                 _checkpoint(learner, run, next_ticket)

@@ -46,7 +46,8 @@ from slipstream.trainer.checkpoints import latest_complete, read_manifest
 RUN_STATE = "run_state.json"
 # What a resume may change: how long to go on and what to write, never what is computed.
 SAFE_ON_RESUME = frozenset({
-    "steps", "time_budget_min", "progress", "output_dir", "resume", "resumes", "overwrite",
+    "steps", "time_budget_min", "sample_budget", "progress", "output_dir", "resume", "resumes",
+    "overwrite",
     "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.sync_timeout_s",
     "buffer.snapshot_every"})
 

@@ -41,9 +41,16 @@ def resolved_model(config: RunConfig) -> ModelConfig:
 
 def learner_args(config: RunConfig, run_dir: Path) -> dict:
     """The learner's keyword arguments from the other sections (trainer/learner.py) and its
-    per-run tmpfs folder for published weights."""
+    per-run tmpfs folder for published weights. `max_lag` sets how many versions' weights the
+    learner keeps to rescore stale tokens under their own version: in deterministic mode with
+    replay, a replayed group's bound (buffer.replay.max_age), so every token is still checked
+    bitwise; otherwise max_lag (the mismatch probe then skips older replayed tokens rather than
+    hold a copy of the weights per version they span)."""
+    oldest = config.buffer.max_lag
+    if config.buffer.replay.enabled and config.deterministic:
+        oldest = max(oldest, config.buffer.replay.resolved_max_age(oldest))
     return {"group_size": config.rollout.group_size, "temperature": config.rollout.temperature,
-            "max_new_tokens": config.rollout.max_new_tokens, "max_lag": config.buffer.max_lag,
+            "max_new_tokens": config.rollout.max_new_tokens, "max_lag": oldest,
             "seed": config.seed, "deterministic": config.deterministic,
             "weights_dir": str(shm_dir(f"{run_dir.resolve().name}-{os.getpid()}"))}
 

@@ -39,6 +39,15 @@ def test_a_clock_budget_lifts_the_step_limit_unless_steps_are_given():
     assert "whichever comes first" in both.budget_text()
 
 
+def test_a_sample_budget_lifts_the_step_limit_and_arms_may_replay_and_change_max_lag():
+    plan = parse_args(["--arm", "r2=--buffer.replay.passes 2 --trainer.loss.kind decoupled_ppo",
+                       "--arm", "lag4=--buffer.max-lag 4", "--samples", "512"])
+    assert plan.budget_flags() == ["--steps", "1000000", "--sample-budget", "512"]
+    assert plan.budget_text().startswith("512 generated samples")
+    assert plan.footing()["samples"] == 512
+    assert run_flags(plan, plan.arms[1], 0)[-2:] == ["--buffer.max-lag", "4"]
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["--recipes", "grpo", "--arm", "big=--model.path other"],
      "arm 'big' sets model.path: an arm may change only the algorithm"),
@@ -49,6 +58,9 @@ def test_a_clock_budget_lifts_the_step_limit_unless_steps_are_given():
     (["--recipes", "grpo", "--seeds", "0"], "--seeds must be at least 1"),
     (["--recipes", "grpo", "--seed", "3"], "--seed is set by compare"),
     (["--recipes", "grpo", "--time-budget-min", "3"], "use --minutes"),
+    (["--recipes", "grpo", "--sample-budget", "3"], "use --samples"),
+    (["--recipes", "grpo", "--samples", "0"], "must be positive"),
+    (["--arm", "cap=--buffer.capacity-groups 8"], "arm 'cap' sets buffer.capacity_groups"),
     (["--recipes", "grpo,grpo"], "listed twice"),
     (["--recipes", "../x"], "arm name '../x'"),
     (["--arm", "nothing"], "expected NAME="),

@@ -286,7 +286,8 @@ def test_value_loss_by_hand_clipped_and_unclipped():
 
 # ---------------------------------------------------------------- the micro-batch contract
 
-def random_batch(seed: int, with_ref: bool, with_values: bool) -> LossInputs:
+def random_batch(seed: int, with_ref: bool, with_values: bool,
+                 with_logits: bool = False) -> LossInputs:
     gen = torch.Generator().manual_seed(seed)
     sampler = -torch.rand(4, 5, generator=gen) * 3
     mask = torch.rand(4, 5, generator=gen) < 0.7
@@ -300,10 +301,15 @@ def random_batch(seed: int, with_ref: bool, with_values: bool) -> LossInputs:
         values = torch.randn(4, 5, generator=gen).requires_grad_()
         old = values.detach() + torch.randn(4, 5, generator=gen) * 0.3
         returns = torch.randn(4, 5, generator=gen)
+    logits = ref_logits = None
+    if with_logits:   # soft_q: the sampled tokens' logits = logprob + a per-position LSE
+        logits = (logp.detach() + 5 + torch.rand(4, 5, generator=gen)).requires_grad_()
+        ref_logits = ref + 5 + torch.rand(4, 5, generator=gen)
     return LossInputs(logp.requires_grad_(), sampler, advantages, mask, ref,
                       total_tokens=int(mask.sum()), total_sequences=4, max_tokens=5,
                       filtered_B=torch.tensor([False, True, False, False]), values_B_T=values,
-                      old_values_B_T=old, returns_B_T=returns)
+                      old_values_B_T=old, returns_B_T=returns, target_logits_B_T=logits,
+                      ref_target_logits_B_T=ref_logits)
 
 
 def split(inputs: LossInputs, start: int, stop: int) -> LossInputs:
@@ -313,10 +319,15 @@ def split(inputs: LossInputs, start: int, stop: int) -> LossInputs:
                       cut(inputs.advantages_B_T), cut(inputs.mask_B_T),
                       cut(inputs.ref_logprobs_B_T), inputs.total_tokens, inputs.total_sequences,
                       inputs.max_tokens, cut(inputs.filtered_B), cut(inputs.values_B_T),
-                      cut(inputs.old_values_B_T), cut(inputs.returns_B_T))
+                      cut(inputs.old_values_B_T), cut(inputs.returns_B_T),
+                      target_logits_B_T=cut(inputs.target_logits_B_T),
+                      ref_target_logits_B_T=cut(inputs.ref_target_logits_B_T))
 
 
-CONFIGS = [{"kind": k} for k in KINDS] + [
+# M2PO's mask is taken per micro-batch (as AReaL's), so only a threshold that masks nothing adds
+# up across micro-batches; its mask has tests of its own below.
+CONFIGS = [{"kind": k} for k in KINDS if k != "m2po"] + [
+    {"kind": "m2po", "correction": {"m2_threshold": 100.0}},
     {"kind": "grpo", "aggregation": "sequence_mean", "kl": {"coef": 0.3}},
     {"kind": "grpo", "correction": {"tis": "token", "tis_cap": 1.2}, "kl": {"coef": 0.1,
                                                                             "estimator": "k2"}},
@@ -332,11 +343,14 @@ CONFIGS = [{"kind": k} for k in KINDS] + [
 def test_micro_batches_sum_to_the_batch(fields):
     cfg = ADAPTER.validate_python(fields)
     with_values = cfg.needs_values
-    whole_inputs = random_batch(seed=1, with_ref=cfg.kl.coef > 0, with_values=with_values)
+    whole_inputs = random_batch(seed=1, with_ref=cfg.needs_reference, with_values=with_values,
+                                with_logits=cfg.needs_logits)
+    # soft_q's gradient reaches the model through the sampled tokens' logits (its Q).
+    leaf = whole_inputs.target_logits_B_T if cfg.needs_logits else whole_inputs.logprobs_B_T
     whole = compute_loss(whole_inputs, cfg)
     whole.loss.backward()
-    whole_grad = whole_inputs.logprobs_B_T.grad.clone()
-    whole_inputs.logprobs_B_T.grad = None
+    whole_grad = leaf.grad.clone()
+    leaf.grad = None
     if with_values:
         whole_value_grad = whole_inputs.values_B_T.grad.clone()
         whole_inputs.values_B_T.grad = None
@@ -353,11 +367,13 @@ def test_micro_batches_sum_to_the_batch(fields):
     assert metrics.keys() == whole.metrics.keys()
     for key, value in whole.metrics.items():
         assert metrics[key] == pytest.approx(value, abs=1e-6), key
-    torch.testing.assert_close(whole_inputs.logprobs_B_T.grad, whole_grad)
+    torch.testing.assert_close(leaf.grad, whole_grad)
     if with_values:
         torch.testing.assert_close(whole_inputs.values_B_T.grad, whole_value_grad)
     # The filtered sequence (DAPO's overlong filter) gives no gradient and says why.
     assert whole_grad[1].abs().sum().item() == 0.0
+    if whole.mask_reason_B_T is None:    # soft_q: no importance weights, nothing to record
+        return
     assert {MASK_REASONS[c] for c in whole.mask_reason_B_T[1][whole_inputs.mask_B_T[1]].tolist()
             } == {"overlong"}
 
@@ -392,7 +408,7 @@ def test_config_rejects_bad_values_and_unknown_fields(bad):
 
 def test_every_kind_validates_and_an_unknown_kind_lists_the_valid_ones():
     assert set(KINDS) == {"grpo", "dr_grpo", "dapo", "gspo", "cispo", "rloo", "reinforce_pp",
-                          "ppo"}
+                          "ppo", "decoupled_ppo", "m2po", "topr", "soft_q"}
     for kind in KINDS:
         assert ADAPTER.validate_python({"kind": kind}).kind == kind
     with pytest.raises(ValidationError, match="'grpo', 'dr_grpo'"):

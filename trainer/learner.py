@@ -35,7 +35,7 @@ from slipstream.errors import SlipstreamError
 from slipstream.model_config import ModelConfig
 from slipstream.trainer.advantages import estimate_advantages, gae, whiten
 from slipstream.trainer.config import TrainerConfig, initial_threads
-from slipstream.trainer.logprobs import MicroBatch, TokenForward, forward_tokens, token_logprobs
+from slipstream.trainer.logprobs import MicroBatch, TokenForward, forward_tokens
 from slipstream.trainer.losses import LossInputs, LossOutput, compute_loss
 from slipstream.trainer.losses.kl import kl_estimate
 from slipstream.trainer.numerics import batch_invariant
@@ -55,6 +55,7 @@ class _Scored:
 
     ref_B_T: torch.Tensor | None        # reference-model logprobs
     values_B_T: torch.Tensor | None     # the value head's predictions (V_old)
+    ref_logits_B_T: torch.Tensor | None = None   # the reference's sampled-token logits (soft_q)
 
 
 @functools.cache
@@ -204,16 +205,21 @@ class Learner:
         shape = tuple(batch.mask_B_T.shape)
         ref = torch.zeros(shape) if needs_ref else None
         values = torch.zeros(shape) if needs_values else None
+        ref_logits = torch.zeros(shape) if needs_ref and self.loss.needs_logits else None
         self.engine.eval()
         with torch.no_grad(), self._numerics():
             for rows, micro in batch.micro_batches():
                 width = micro.mask_B_T.shape[1]
                 if ref is not None:
-                    ref[rows, :width] = token_logprobs(self.reference, micro, self.temperature)
+                    scored = forward_tokens(self.reference, micro, self.temperature,
+                                            with_logits=ref_logits is not None)
+                    ref[rows, :width] = scored.logprobs_B_T
+                    if ref_logits is not None:
+                        ref_logits[rows, :width] = scored.target_logits_B_T
                 if values is not None:
                     values[rows, :width] = forward_tokens(self.engine, micro,
                                                           self.temperature).values_B_T
-        return _Scored(ref, values)
+        return _Scored(ref, values, ref_logits)
 
     def _advantages(self, batch: StepBatch, scored: _Scored
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -244,7 +250,9 @@ class Learner:
             return None if whole is None else whole[rows, :width]
 
         with self._numerics():
-            forward = forward_tokens(self.engine, micro, self.temperature, with_entropy=True)
+            forward = forward_tokens(self.engine, micro, self.temperature, with_entropy=True,
+                                     with_logits=self.loss.needs_logits)
+        known = batch.proximal_known_B
         out = compute_loss(LossInputs(
             logprobs_B_T=forward.logprobs_B_T, sampler_logprobs_B_T=micro.sampler_logprobs_B_T,
             advantages_B_T=cut(advantages_B_T), mask_B_T=micro.mask_B_T,
@@ -252,7 +260,10 @@ class Learner:
             total_sequences=batch.total_sequences, max_tokens=batch.max_tokens,
             filtered_B=None if batch.filtered_B is None else batch.filtered_B[rows],
             values_B_T=forward.values_B_T, old_values_B_T=cut(scored.values_B_T),
-            returns_B_T=cut(returns_B_T)), self.loss)
+            returns_B_T=cut(returns_B_T), proximal_logprobs_B_T=cut(batch.proximal_B_T),
+            proximal_known_B=None if known is None else known[rows],
+            target_logits_B_T=forward.target_logits_B_T,
+            ref_target_logits_B_T=cut(scored.ref_logits_B_T)), self.loss)
         self.engine.backward(out.loss, scale_wrt_gas=False)
         if self.engine.is_gradient_accumulation_boundary():
             self._grad_norm = self._unreported_grad_norm()

@@ -72,12 +72,15 @@ class TokenForward:
     logprobs_B_T: torch.Tensor               # float32, with grad where the model has it
     entropy_B_T: torch.Tensor | None         # float32, no grad; when asked for
     values_B_T: torch.Tensor | None          # float32; the value head's, when the model has one
+    # float32, with grad: the temperature-scaled logit of each sampled token, when asked for
+    # (soft Q-learning: trainer/losses/soft_q.py)
+    target_logits_B_T: torch.Tensor | None = None
 
 
-def forward_tokens(model, batch: MicroBatch, temperature: float, with_entropy: bool = False
-                   ) -> TokenForward:
-    """The completion tokens' logprobs under `model` (and entropies, and values when `model` is
-    a policy with a value head: trainer/value_head.py)."""
+def forward_tokens(model, batch: MicroBatch, temperature: float, with_entropy: bool = False,
+                   with_logits: bool = False) -> TokenForward:
+    """The completion tokens' logprobs under `model` (and entropies, the sampled tokens' logits,
+    and values when `model` is a policy with a value head: trainer/value_head.py)."""
     # The batch lives on the CPU; the model where DeepSpeed put it (CUDA on a GPU). Only the
     # per-token results come back (`.to` keeps the graph), so the losses run on the CPU.
     device = next(model.parameters()).device
@@ -99,10 +102,14 @@ def forward_tokens(model, batch: MicroBatch, temperature: float, with_entropy: b
     kept = (positions - first).clamp(min=0)       # padding columns point at row 0, masked later
     rows = logits.gather(1, kept.unsqueeze(-1).expand(-1, -1, vocab))
     del logits
+    targets = batch.targets_B_T.to(device).unsqueeze(-1)
+    target_logits = None
+    if with_logits:
+        target_logits = (rows.gather(-1, targets).squeeze(-1).float() / temperature).cpu()
     logp_all = scaled_log_softmax(rows, temperature)
-    logprobs = logp_all.gather(-1, batch.targets_B_T.to(device).unsqueeze(-1)).squeeze(-1)
+    logprobs = logp_all.gather(-1, targets).squeeze(-1)
     entropy = _entropy(logp_all) if with_entropy else None
-    return TokenForward(logprobs.cpu(), entropy, values)
+    return TokenForward(logprobs.cpu(), entropy, values, target_logits)
 
 
 @torch.no_grad()

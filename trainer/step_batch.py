@@ -34,6 +34,11 @@ class StepBatch:
     total_tokens: int                  # tokens the loss trains on (filtered sequences excluded)
     total_sequences: int
     max_tokens: int                    # the completion limit (the constant aggregation's length)
+    reuse_B: tuple[int, ...] = ()      # steps that trained each sample before (replay)
+    # Replayed samples' trainer logprobs when they last trained (the proximal anchor), valid
+    # where proximal_known_B; None when no sample of the step is replayed.
+    proximal_B_T: torch.Tensor | None = None
+    proximal_known_B: torch.Tensor | None = None
 
     @property
     def trained_B_T(self) -> torch.Tensor:
@@ -70,9 +75,26 @@ def build_step_batch(groups: Sequence[Group], pad_id: int, micro_batch_size: int
     for b, s in enumerate(samples):
         sampler[b, :lengths[b]] = torch.tensor(s.sampler_logprobs_T, dtype=torch.float32)
     kept = mask if filtered is None else mask & ~filtered.unsqueeze(-1)
+    proximal, known = _proximal_anchors(groups, mask)
     return StepBatch(
         samples=samples, groups=tuple(range(a, b) for a, b in zip(starts, starts[1:])),
         rewards_B=torch.tensor(rewards, dtype=torch.float64),
         shaped=loss.overlong == "shape" and rewards != [s.reward for s in samples],
         filtered_B=filtered, mask_B_T=mask, sampler_B_T=sampler, micro=micro,
-        total_tokens=int(kept.sum()), total_sequences=len(samples), max_tokens=max_tokens)
+        total_tokens=int(kept.sum()), total_sequences=len(samples), max_tokens=max_tokens,
+        reuse_B=tuple(g.reuse_count for g in groups for _ in g.samples),
+        proximal_B_T=proximal, proximal_known_B=known)
+
+
+def _proximal_anchors(groups: Sequence[Group], mask_B_T: torch.Tensor
+                      ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The stored anchors of replayed groups as (B, T), and which rows have one."""
+    rows = [(g.anchor_logprobs[i] if g.reuse_count and g.anchor_logprobs else None)
+            for g in groups for i in range(len(g.samples))]
+    if all(r is None for r in rows):
+        return None, None
+    proximal = torch.zeros(mask_B_T.shape)
+    for b, anchor in enumerate(rows):
+        if anchor is not None:
+            proximal[b, :len(anchor)] = torch.tensor(anchor, dtype=torch.float32)
+    return proximal, torch.tensor([r is not None for r in rows], dtype=torch.bool)

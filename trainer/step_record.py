@@ -70,6 +70,7 @@ class StepRecord:
         metrics = {**self.sums, **self.gap.metrics(), **extra,
                    "entropy/mean": self.entropy_sum / max(int(real.sum()), 1)}
         metrics |= self._weight_metrics()
+        metrics |= self._age_metrics()
         if batch.filtered_B is not None:
             metrics["loss/overlong_filtered"] = int(batch.filtered_B.sum())
         if self.probed:
@@ -88,7 +89,8 @@ class StepRecord:
                 trainer_logprobs_T=self.trainer_logprobs[b], **self.token_fields[b],
                 own_version_logprobs_T=self.own_logprobs[b],
                 advantages_T=() if constant else tuple(row),
-                shaped_reward=None if shaped == sample.reward else shaped))
+                shaped_reward=None if shaped == sample.reward else shaped,
+                reuse_count=batch.reuse_B[b] if batch.reuse_B else 0))
         return StepResult(step, version, metrics, tuple(trained))
 
     def _weight_metrics(self) -> dict[str, float]:
@@ -107,3 +109,29 @@ class StepRecord:
         if not weights or squares == 0:
             return {}
         return {"mismatch/ess": total * total / (len(weights) * squares)}
+
+    def _age_metrics(self) -> dict[str, float]:
+        """The staleness histogram of the step's tokens (learner version minus the version
+        that sampled each) in power-of-two buckets: `staleness/tokens_age_B` tokens, and, where
+        the loss reported its masks, `staleness/masked_frac_age_B` the share of them masked.
+        Empty buckets write nothing."""
+        tokens: dict[str, int] = {}
+        masked: dict[str, int] = {}
+        for sample, fields in zip(self.batch.samples, self.token_fields):
+            flags = fields.get("masked_T") or (None,) * len(sample.versions_T)
+            for version, flag in zip(sample.versions_T, flags):
+                bucket = age_bucket(self.learner_version - version)
+                tokens[bucket] = tokens.get(bucket, 0) + 1
+                if flag is not None:
+                    masked[bucket] = masked.get(bucket, 0) + int(flag)
+        metrics: dict[str, float] = {f"staleness/tokens_age_{b}": n for b, n in tokens.items()}
+        metrics |= {f"staleness/masked_frac_age_{b}": masked[b] / tokens[b] for b in masked}
+        return metrics
+
+
+def age_bucket(age: int) -> str:
+    """0, 1, 2-3, 4-7, 8-15, ... : the power-of-two bucket an age falls in."""
+    if age <= 1:
+        return str(max(age, 0))
+    low = 1 << (age.bit_length() - 1)
+    return f"{low}-{2 * low - 1}"

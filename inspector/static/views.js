@@ -123,12 +123,14 @@ const Views = (() => {
       for (const row of info.rows) ages[row.age] = (ages[row.age] || 0) + 1;
       const groups = new Set(info.rows.map((r) => r.group)).size;
       parts.push(h("div", {class: "toolbar"}, h("label", {}, "snapshot ", select)),
-        chips([["waiting samples", String(info.rows.length)], ["groups", String(groups)],
+        chips([["samples held", String(info.rows.length)], ["groups", String(groups)],
+               ["replay samples", String(info.rows.filter((r) => r.held === "replay").length)],
                ...Object.entries(ages).map(([age, n]) => [`age ${age}`, String(n)])]));
-      const head = headerRow(["ticket", "group", "sample", "age / max_lag", "versions", "reuse", "tokens",
-                              "reward", "completion"]);
+      const head = headerRow(["ticket", "group", "sample", "held", "age / bound", "versions", "reuse",
+                              "tokens", "reward", "completion"]);
       const body = info.rows.map((r) => h("tr", {},
         h("td", {class: "num", text: String(r.ticket)}), h("td", {text: r.group}), h("td", {text: r.id}),
+        h("td", {text: r.held}),
         h("td", {class: `num ${r.age > r.max_lag ? "over" : r.age === r.max_lag ? "at-bound" : ""}`,
                  text: `${r.age} / ${r.max_lag}`}),
         h("td", {text: versionSpan(r.version_min, r.version_max)}),

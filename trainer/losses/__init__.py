@@ -1,6 +1,9 @@
 """The loss family: recipes made of composable pieces, selected with `--trainer.loss.kind NAME`.
 
-    grpo  dr_grpo  dapo  gspo  cispo  rloo  reinforce_pp  ppo
+    grpo  dr_grpo  dapo  gspo  cispo  rloo  reinforce_pp  ppo       on-policy (and near it)
+    decoupled_ppo  m2po  topr                                        off-policy, for stale and
+                                                                     replayed data
+    soft_q                                                           value-based (soft_q.py)
 
 A recipe is a config class (one module each: grpo.py, dapo.py, ...) whose docstring holds its
 formula and paper. Its fields choose among the shared pieces (config.py): the advantage
@@ -26,16 +29,21 @@ from slipstream.trainer.losses.base import (MASK_REASONS, MASKING_REASONS, LossI
 from slipstream.trainer.losses.cispo import CISPOLossConfig
 from slipstream.trainer.losses.config import CorrectionConfig, KLConfig, LossConfigBase
 from slipstream.trainer.losses.dapo import DAPOLossConfig
+from slipstream.trainer.losses.decoupled_ppo import DecoupledPPOLossConfig
 from slipstream.trainer.losses.dr_grpo import DrGRPOLossConfig
 from slipstream.trainer.losses.grpo import GRPOLossConfig
 from slipstream.trainer.losses.gspo import GSPOLossConfig
+from slipstream.trainer.losses.m2po import M2POLossConfig
 from slipstream.trainer.losses.policy import policy_loss
 from slipstream.trainer.losses.ppo import PPOLossConfig
 from slipstream.trainer.losses.reinforce_pp import ReinforcePPLossConfig
 from slipstream.trainer.losses.rloo import RLOOLossConfig
+from slipstream.trainer.losses.soft_q import SoftQLossConfig, soft_q_loss
+from slipstream.trainer.losses.topr import TOPRLossConfig
 
 _RECIPES = (GRPOLossConfig, DrGRPOLossConfig, DAPOLossConfig, GSPOLossConfig, CISPOLossConfig,
-            RLOOLossConfig, ReinforcePPLossConfig, PPOLossConfig)
+            RLOOLossConfig, ReinforcePPLossConfig, PPOLossConfig, DecoupledPPOLossConfig,
+            M2POLossConfig, TOPRLossConfig, SoftQLossConfig)
 
 
 def recipe_kind(recipe: type) -> str:
@@ -60,11 +68,15 @@ LossConfig = Annotated[Union[_RECIPES], Field(discriminator="kind")]  # type: ig
 
 
 def compute_loss(inputs: LossInputs, config: LossConfigBase) -> LossOutput:
-    """One micro-batch's loss for any recipe (policy.py)."""
+    """One micro-batch's loss for any recipe (policy.py; soft_q.py for the value-based one)."""
+    if isinstance(config, SoftQLossConfig):
+        return soft_q_loss(inputs, config)
     return policy_loss(inputs, config)
 
 
 __all__ = ["KINDS", "MASK_REASONS", "MASKING_REASONS", "CISPOLossConfig", "CorrectionConfig",
-           "DAPOLossConfig", "DrGRPOLossConfig", "GRPOLossConfig", "GSPOLossConfig", "KLConfig",
-           "LossConfig", "LossConfigBase", "LossInputs", "LossOutput", "PPOLossConfig",
-           "RLOOLossConfig", "ReinforcePPLossConfig", "compute_loss", "token_records"]
+           "DAPOLossConfig", "DecoupledPPOLossConfig", "DrGRPOLossConfig", "GRPOLossConfig",
+           "GSPOLossConfig", "KLConfig", "LossConfig", "LossConfigBase", "LossInputs",
+           "LossOutput", "M2POLossConfig", "PPOLossConfig", "RLOOLossConfig",
+           "ReinforcePPLossConfig", "SoftQLossConfig", "TOPRLossConfig", "compute_loss",
+           "token_records"]

@@ -18,13 +18,15 @@ from torch import Tensor
 # kept (the later entry of MASK_PRIORITY). Masking reasons leave the token without gradient:
 #   "overlong"      its completion was truncated and the recipe filters those (DAPO);
 #   "mis_sequence"  its sequence's ratio left the MIS band;  "mis"  its own ratio did;
-#   "icepop"        its ratio left IcePop's band;  "ppo_clip"  the clipped branch of PPO's min won.
-# The others still train: "tis_truncated" (TIS weight capped), "cispo_clip" (CISPO weight clipped).
+#   "icepop"        its ratio left IcePop's band;  "ppo_clip"  the clipped branch of PPO's min won;
+#   "m2po"          M2PO's second-moment mask dropped it.
+# The others still train: "tis_truncated" (TIS weight capped), "cispo_clip" (CISPO weight
+# clipped), "topr_truncated" (a negative sample's TOPR weight below 1).
 MASK_REASONS: tuple[str, ...] = ("", "ppo_clip", "tis_truncated", "cispo_clip", "mis",
-                                 "mis_sequence", "icepop", "overlong")
-MASKING_REASONS = frozenset({"ppo_clip", "mis", "mis_sequence", "icepop", "overlong"})
-MASK_PRIORITY: tuple[str, ...] = ("cispo_clip", "tis_truncated", "ppo_clip", "icepop", "mis",
-                                  "mis_sequence", "overlong")
+                                 "mis_sequence", "icepop", "overlong", "m2po", "topr_truncated")
+MASKING_REASONS = frozenset({"ppo_clip", "mis", "mis_sequence", "icepop", "overlong", "m2po"})
+MASK_PRIORITY: tuple[str, ...] = ("cispo_clip", "topr_truncated", "tis_truncated", "ppo_clip",
+                                  "m2po", "icepop", "mis", "mis_sequence", "overlong")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,15 @@ class LossInputs:
     values_B_T: Tensor | None = None
     old_values_B_T: Tensor | None = None
     returns_B_T: Tensor | None = None
+    # Replay: each token's logprob under the policy that last trained on its sample (the
+    # proximal anchor of decoupled PPO), valid where `proximal_known_B` (replayed samples);
+    # elsewhere the anchor is the current policy at the start of the step. None: no replay.
+    proximal_logprobs_B_T: Tensor | None = None
+    proximal_known_B: Tensor | None = None
+    # Soft Q-learning (soft_q.py): the temperature-scaled logit of each sampled token, with
+    # grad, and the reference model's (no grad).
+    target_logits_B_T: Tensor | None = None
+    ref_target_logits_B_T: Tensor | None = None
 
     def __post_init__(self) -> None:
         # A (B,) vs (B, 1) slip broadcasts silently into a (B, B) loss; fail loudly instead.
@@ -55,7 +66,10 @@ class LossInputs:
         others = {"sampler_logprobs_B_T": self.sampler_logprobs_B_T, "mask_B_T": self.mask_B_T,
                   "advantages_B_T": self.advantages_B_T, "ref_logprobs_B_T": self.ref_logprobs_B_T,
                   "values_B_T": self.values_B_T, "old_values_B_T": self.old_values_B_T,
-                  "returns_B_T": self.returns_B_T}
+                  "returns_B_T": self.returns_B_T,
+                  "proximal_logprobs_B_T": self.proximal_logprobs_B_T,
+                  "target_logits_B_T": self.target_logits_B_T,
+                  "ref_target_logits_B_T": self.ref_target_logits_B_T}
         for name, tensor in others.items():
             if tensor is not None and tuple(tensor.shape) != shape:
                 raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {shape}")
@@ -64,6 +78,15 @@ class LossInputs:
         if self.filtered_B is not None and tuple(self.filtered_B.shape) != shape[:1]:
             raise ValueError(f"filtered_B has shape {tuple(self.filtered_B.shape)}, "
                              f"expected {shape[:1]}")
+
+    def proximal(self, current_B_T: Tensor) -> Tensor:
+        """The proximal anchor per token (no gradient): the stored logprobs of the policy that
+        last trained on a replayed sample, `current_B_T` (detached) for the others."""
+        current = current_B_T.detach()
+        if self.proximal_logprobs_B_T is None or self.proximal_known_B is None:
+            return current
+        return torch.where(self.proximal_known_B.unsqueeze(-1), self.proximal_logprobs_B_T,
+                           current)
 
     @property
     def trained_B_T(self) -> Tensor:

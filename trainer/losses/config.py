@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 GroupAdvantage = Literal["group_std", "group_center", "leave_one_out", "group_batch_norm"]
-Objective = Literal["ppo_clip", "gspo", "cispo"]
+Objective = Literal["ppo_clip", "gspo", "cispo", "ratio", "topr"]
 Aggregation = Literal["token_mean", "sequence_mean", "constant"]
 Level = Literal["off", "token", "sequence", "geometric"]
 
@@ -45,6 +45,10 @@ class CorrectionConfig(_Section):
     icepop: bool = Field(False, description=(
         "IcePop: drop tokens whose rho leaves [1/icepop_beta, icepop_beta]."))
     icepop_beta: float = Field(2.0, gt=1, description="IcePop's band half-width (> 1).")
+    m2_threshold: float | None = Field(None, gt=0, description=(
+        "M2PO's second-moment mask: drop the tokens with the largest (log mu - log pi)^2 until "
+        "the mean over the rest is at most this (0.04 in the paper); None: off. A mask on the "
+        "trained tokens, it leaves the objective's ratio as it is."))
 
     @model_validator(mode="after")
     def _band(self) -> CorrectionConfig:
@@ -83,7 +87,9 @@ class LossConfigBase(_Section):
         "(ppo has its own: GAE with a learned value head.)"))
     objective: Objective = Field("ppo_clip", description=(
         "ppo_clip: -min(r A, clip(r) A) per token. gspo: the same on the sequence's "
-        "length-normalised ratio. cispo: -sg(clip(r)) A log pi (every token keeps a gradient)."))
+        "length-normalised ratio. cispo: -sg(clip(r)) A log pi (every token keeps a gradient). "
+        "ratio: -r A, unclipped (M2PO). topr: -w A log pi with w = 1 for A >= 0 and the "
+        "sequence ratio truncated at 1 for A < 0 (TOPR)."))
     aggregation: Aggregation = Field("token_mean", description=(
         "token_mean: every trained token weighs the same. sequence_mean: tokens averaged "
         "within a sequence, then over sequences. constant: summed and divided by sequences x "
@@ -117,6 +123,11 @@ class LossConfigBase(_Section):
     @property
     def needs_values(self) -> bool:
         """A value head is needed (ppo overrides this)."""
+        return False
+
+    @property
+    def needs_logits(self) -> bool:
+        """The sampled tokens' logits are needed besides their logprobs (soft_q)."""
         return False
 
 

@@ -16,6 +16,11 @@ gradient) and a keep mask; the objective's per-token loss is multiplied by w_t a
     geometric MIS   keep_t = [low <= exp(mean_s log rho_s) <= high]    rollout_corr)
     IcePop          keep_t = [1/beta <= rho_t <= beta]                (Ring-1T / IcePop, 2025)
 
+M2PO's second-moment mask (Zheng et al. 2025, arXiv 2510.01161) is separate from the rho
+corrections: it works on the current policy, m_t = (log mu(y_t) - log pi(y_t))^2, drops the tokens
+with the largest m_t until the mean over the kept ones is at most tau, and leaves the objective's
+ratio untouched (`m2_mask`). Like AReaL's it is taken over one micro-batch.
+
 Sequence products are taken in log space (a sum of log rho) and compared there, so a long
 sequence cannot overflow. Masked tokens give no gradient and are recorded with their reason;
 a truncated TIS weight still trains ("tis_truncated").
@@ -85,3 +90,23 @@ def correct(proximal_B_T: Tensor, sampler_B_T: Tensor, mask_B_T: Tensor,
         keep = mask_B_T & ~(mis_token | mis_sequence | icepop)
         return Correction(masked(weight, mask_B_T), keep, truncated, mis_token, mis_sequence,
                           icepop)
+
+
+def m2_mask(current_B_T: Tensor, sampler_B_T: Tensor, keep_B_T: Tensor,
+            threshold: float) -> Tensor:
+    """bool (B, T): the tokens of `keep_B_T` M2PO drops, the largest (log mu - log pi)^2 first,
+    until the mean over the tokens left is at most `threshold`."""
+    with torch.no_grad():
+        second_moment = (sampler_B_T - current_B_T.detach()).double() ** 2
+        values = second_moment[keep_B_T]
+        if values.numel() == 0:
+            return torch.zeros_like(keep_B_T)
+        ascending, order = torch.sort(values, stable=True)
+        counts = torch.arange(1, values.numel() + 1, dtype=ascending.dtype)
+        # Means of the k smallest never decrease with k: keep the longest prefix within tau.
+        kept = int((ascending.cumsum(0) / counts <= threshold).sum())
+        dropped = torch.ones(values.numel(), dtype=torch.bool)
+        dropped[order[:kept]] = False
+        mask = torch.zeros_like(keep_B_T)
+        mask[keep_B_T] = dropped
+        return mask

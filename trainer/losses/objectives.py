@@ -16,10 +16,21 @@ recipe's clip_low / clip_high.
                REINFORCE with a clipped, stop-gradient importance weight: a token outside the
                band keeps its gradient, only its weight is bounded (MiniMax-M1, arXiv 2506.13585).
 
+    ratio      l_t = -r A      the unclipped importance-weighted surrogate (gradient r A d logp);
+               M2PO's objective, which bounds the off-policy update by masking tokens instead
+               (corrections.py m2_threshold; Zheng et al. 2025, arXiv 2510.01161)
+    topr       l_t = -w A_t logp_t,  w = 1 where A_t >= 0, else sg(min(1, prod_s r_s)) over the
+               whole sequence (in log space): positive samples train as plain SFT-like
+               REINFORCE, negative ones with their truncated sequence ratio, which bounds how
+               hard a stale negative can push (Tapered Off-Policy REINFORCE, Le Roux et al.
+               2025, arXiv 2503.14286)
+
 Each returns (l_B_T, changed_B_T): the per-token loss and where the clip changed the token's
 treatment. For ppo_clip and gspo the clipped branch of the min won, so the token gives no policy
 gradient ("ppo_clip", masked); for cispo the weight was clipped but the token still trains
-("cispo_clip"). Padding must be zeroed by the caller (`masked`), so nothing sees -inf.
+("cispo_clip"); for topr a negative sample's weight fell below 1 ("topr_truncated", still
+trained); ratio never changes a token. Padding must be zeroed by the caller (`masked`), so
+nothing sees -inf.
 """
 
 from __future__ import annotations
@@ -64,4 +75,19 @@ def cispo(logp: Tensor, anchor: Tensor, advantages_B_T: Tensor, mask_B_T: Tensor
     return -weight * advantages_B_T * logp, weight != ratio
 
 
-OBJECTIVES: dict[str, ObjectiveFn] = {"ppo_clip": ppo_clip, "gspo": gspo, "cispo": cispo}
+def ratio(logp: Tensor, anchor: Tensor, advantages_B_T: Tensor, mask_B_T: Tensor,
+          cfg: LossConfigBase) -> tuple[Tensor, Tensor]:
+    return -torch.exp(logp - anchor) * advantages_B_T, torch.zeros_like(mask_B_T)
+
+
+def topr(logp: Tensor, anchor: Tensor, advantages_B_T: Tensor, mask_B_T: Tensor,
+         cfg: LossConfigBase) -> tuple[Tensor, Tensor]:
+    sequence_log_ratio_B = masked(logp - anchor, mask_B_T).detach().sum(-1, keepdim=True)
+    negative = advantages_B_T < 0
+    tapered = torch.exp(sequence_log_ratio_B.clamp(max=0.0)).expand_as(logp)
+    weight = torch.where(negative, tapered, torch.ones_like(logp))
+    return -weight * advantages_B_T * logp, negative & (weight < 1) & mask_B_T
+
+
+OBJECTIVES: dict[str, ObjectiveFn] = {"ppo_clip": ppo_clip, "gspo": gspo, "cispo": cispo,
+                                      "ratio": ratio, "topr": topr}
