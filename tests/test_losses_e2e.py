@@ -34,8 +34,18 @@ RECIPES = {
     "cispo": (("--trainer.loss.clip-high", "0.01"), "cispo_clip", "loss/clip_frac"),
     "dapo": ((), None, "reward/shaped_mean"),
     "ppo": ((), None, "loss/value"),
+    "decoupled_ppo": ((f"{C}tis-cap", "1.01"), "tis_truncated", "mismatch/tis_truncated_frac"),
+    "m2po": ((f"{C}m2-threshold", "1e-9"), "m2po", "mismatch/m2po_masked_frac"),
+    "topr": ((), "topr_truncated", "loss/clip_frac"),
+    "soft_q": (("--trainer.reference-model", "true"), None, "loss/td"),
 }
 assert set(RECIPES) == set(KINDS), "a recipe without an end-to-end run"
+# The off-policy recipes' deterministic gap: decoupled_ppo's is checked with replayed tokens in
+# test_replay_e2e.py; the others share the learner's forward with every recipe here, so their
+# deterministic runs would add CI time and no new path.
+DETERMINISTIC_RECIPES = [k for k in RECIPES if k not in ("decoupled_ppo", "m2po", "topr",
+                                                          "soft_q")]
+RECORDS_NO_WEIGHTS = {"soft_q"}     # no importance weights: no per-token mask reasons
 
 
 def trained_rows(run_dir):
@@ -62,6 +72,9 @@ def check_recipe_ran(out, kind):
     written = set()
     for row in trained_rows(out):
         n = len(row["sample"]["completion_ids_T"])
+        if kind in RECORDS_NO_WEIGHTS:
+            assert row["mask_reasons_T"] == row["masked_T"] == []
+            continue
         assert len(row["mask_reasons_T"]) == len(row["masked_T"]) == n
         assert set(row["mask_reasons_T"]) <= set(MASK_REASONS)
         assert row["masked_T"] == [r in MASKING_REASONS for r in row["mask_reasons_T"]]
@@ -86,7 +99,7 @@ def test_each_recipe_trains_and_writes_its_mask_reasons(tiny_model, tmp_path, ki
         assert any(row["shaped_reward"] is not None for row in trained_rows(out))
 
 
-@pytest.mark.parametrize("kind", RECIPES)
+@pytest.mark.parametrize("kind", DETERMINISTIC_RECIPES)
 def test_each_recipe_keeps_the_gap_exactly_zero_in_deterministic_mode(tiny_model, tmp_path, kind):
     flags = RECIPES[kind][0]
     if kind == "dapo":      # DAPO's other overlong option: truncated completions masked out

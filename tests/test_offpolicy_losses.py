@@ -154,3 +154,15 @@ def test_age_buckets_are_powers_of_two():
 
     assert [age_bucket(a) for a in (0, 1, 2, 3, 4, 7, 8, 15, 16, 64)] == \
         ["0", "1", "2-3", "2-3", "4-7", "4-7", "8-15", "8-15", "16-31", "64-127"]
+
+
+def test_a_correction_flag_adds_to_a_recipes_own_corrections_instead_of_replacing_them():
+    from slipstream.launch.cli import parse_config
+
+    config = parse_config(["--trainer.loss.kind", "decoupled_ppo",
+                           "--trainer.loss.correction.icepop", "true"])
+    correction = config.trainer.loss.correction
+    assert (correction.tis, correction.tis_cap, correction.icepop) == ("token", 5.0, True)
+    off = parse_config(["--trainer.loss.kind", "m2po", "--trainer.loss.correction.m2-threshold",
+                        "0.5", "--trainer.loss.correction.tis", "token"]).trainer.loss.correction
+    assert (off.m2_threshold, off.tis) == (0.5, "token")

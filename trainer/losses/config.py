@@ -10,7 +10,7 @@ trainer/advantages.py, objectives in objectives.py, corrections in corrections.p
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -79,6 +79,11 @@ class KLConfig(_Section):
 class LossConfigBase(_Section):
     """Every loss is these pieces; a recipe sets `kind` and its own defaults."""
 
+    # A recipe's own correction defaults, merged under what the command line sets, so that
+    # `--trainer.loss.correction.icepop true` adds IcePop to decoupled_ppo's TIS instead of
+    # replacing the recipe's whole correction section with the plain defaults.
+    CORRECTION_DEFAULTS: ClassVar[dict[str, object]] = {}
+
     kind: str
     advantage: GroupAdvantage = Field("group_std", description=(
         "group_std: (R - group mean) / group std (GRPO). group_center: R - group mean "
@@ -114,6 +119,16 @@ class LossConfigBase(_Section):
     overlong_buffer_tokens: int = Field(16, ge=1, description=(
         "Length of the soft penalty zone before the completion limit (shape)."))
     overlong_penalty: float = Field(1.0, ge=0, description="Penalty at the limit (shape).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_corrections(cls, data: object) -> object:
+        if not cls.CORRECTION_DEFAULTS or not isinstance(data, dict):
+            return data
+        given = data.get("correction", {})
+        if isinstance(given, dict):
+            data = {**data, "correction": {**cls.CORRECTION_DEFAULTS, **given}}
+        return data
 
     @property
     def needs_reference(self) -> bool:

@@ -19,11 +19,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from slipstream.trainer.losses.config import CorrectionConfig, LossConfigBase
+from slipstream.trainer.losses.config import LossConfigBase
 
 
 class DecoupledPPOLossConfig(LossConfigBase):
+    CORRECTION_DEFAULTS = {"tis": "token", "tis_cap": 5.0}
+
     kind: Literal["decoupled_ppo"] = Field("decoupled_ppo", description="Selects this loss.")
-    correction: CorrectionConfig = Field(
-        default_factory=lambda: CorrectionConfig(tis="token", tis_cap=5.0),
-        description="Sampler/trainer gap corrections (token TIS capped at 5 by default).")

@@ -18,13 +18,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from slipstream.trainer.losses.config import (CorrectionConfig, LossConfigBase, Objective,
-                                              recipe_default)
+from slipstream.trainer.losses.config import LossConfigBase, Objective, recipe_default
 
 
 class M2POLossConfig(LossConfigBase):
+    CORRECTION_DEFAULTS = {"m2_threshold": 0.04}
+
     kind: Literal["m2po"] = Field("m2po", description="Selects this loss.")
     objective: Objective = recipe_default("objective", "ratio")
-    correction: CorrectionConfig = Field(
-        default_factory=lambda: CorrectionConfig(m2_threshold=0.04),
-        description="Sampler/trainer gap corrections (M2PO's mask at tau = 0.04 by default).")
