@@ -12,9 +12,10 @@ same budget of generated samples (replay arms then take more steps).
 Each arm x seed is one run of the launch script (DIR/runs/<arm>-seed<k>, its output in
 DIR/runs/<arm>-seed<k>.log), then launch/evaluate.py on its final policy; its numbers go to
 DIR/runs/<arm>-seed<k>/result.json, so re-running the same command skips finished runs and
-resumes (`--resume`) a run that was stopped or killed after a checkpoint.
+resumes (`--resume`) a run that was stopped or killed after a checkpoint; a run that finished
+and was evaluated keeps its final policy and drops its checkpoints.
 Writes DIR/compare.md (table, noise verdicts; rules in launch/compare_report.py) and
-DIR/compare.png (reward against step and against wall-clock).
+DIR/compare.png (reward against step, wall-clock and generated samples).
 """
 
 from __future__ import annotations
@@ -223,6 +224,11 @@ def run_one(plan: Plan, arm: Arm, seed: int, bar: tqdm, done: float) -> cr.RunRe
             result.status, result.error = "eval_failed", error
             tqdm.write(f"{arm.name}-seed{seed} evaluation failed: {error}")
     write_json(path, dataclasses.asdict(result))
+    if result.status == "ok":
+        # A finished run is never resumed: its checkpoints (1.2 GB each for SmolLM2 with its
+        # optimizer) only fill the disk; final/ keeps the policy. A playground of 10 runs filled
+        # this machine's disk before this.
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return result
 
 

@@ -39,6 +39,11 @@ def batch_metrics(groups: Sequence[Group], replay: bool = False) -> dict[str, fl
     replayed = {"replay/groups": sum(g.reuse_count > 0 for g in groups),
                 "replay/share": sum(g.reuse_count > 0 for g in groups) / len(groups),
                 "replay/reuse_mean": sum(g.reuse_count for g in groups) / len(groups)}
+    # reward/mean counts replayed groups at the reward they earned when generated; this is the
+    # current policy's own (the step's fresh groups; absent when all were replayed).
+    fresh = [s.reward for g in groups if g.reuse_count == 0 for s in g.samples]
+    if fresh:
+        replayed["replay/fresh_reward_mean"] = sum(fresh) / len(fresh)
     return (replayed if replay else {}) | {
         "reward/mean": sum(rewards) / len(rewards),
         "reward/errors": sum(s.reward_error is not None for s in samples),
