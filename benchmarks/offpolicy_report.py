@@ -7,9 +7,9 @@ Per run (arm x seed): its loss, replay passes, max_lag, learner steps, generated
 (`rollout/fresh_samples_total`: fresh samples the learner took) and trained samples (replayed
 ones counted at every pass), held-out accuracy, training wall minutes, the realised staleness
 (mean over the run's steps of `staleness/mean`, and the largest `staleness/max`), the share of
-tokens the loss masked or clipped, the mean reward of the last 5 steps, and, given the base
-model's accuracy on the same problems, the accuracy gained per 1000 generated samples and per
-training minute. Reads only DIR/runs/*/result.json, config.json and metrics.jsonl.
+tokens the loss masked, truncated or clipped, the mean reward of the last 5 steps, and, given
+the base model's accuracy on the same problems, the accuracy gained per 1000 generated samples
+and per training minute. Reads only DIR/runs/*/result.json, config.json and metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ def mean(values: list[float]) -> float | None:
 
 
 def masked_share(metrics: list[dict]) -> float | None:
-    """Mean over steps of the share of tokens the loss masked or clipped, by whichever metric
-    the recipe writes (M2PO's mask; otherwise PPO's clip fraction)."""
-    keys = ("mismatch/m2po_masked_frac", "loss/clip_frac")
+    """Mean over steps of the share of tokens the loss masked, truncated or clipped, by
+    whichever metric the recipe writes (M2PO's mask, decoupled PPO's TIS truncation, else the
+    objective's clip fraction)."""
+    keys = ("mismatch/m2po_masked_frac", "mismatch/tis_truncated_frac", "loss/clip_frac")
     for key in keys:
         values = [m[key] for m in metrics if key in m]
         if values:
@@ -64,7 +65,7 @@ def cell(value, spec: str) -> str:
 def print_table(rows: list[dict]) -> None:
     head = ["run", "loss", "passes", "max_lag", "steps", "generated", "trained",
             "held-out acc.", "gain / 1k generated", "train min", "gain / min",
-            "staleness mean (max)", "masked or clipped", "reward, last 5 steps"]
+            "staleness mean (max)", "masked, truncated or clipped", "reward, last 5 steps"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
