@@ -49,6 +49,21 @@ class Sample:
     # its own version alone; False when the KV was kept across updates (vLLM: trainer/logprobs.py
     # `reproducible_by`).
     prefix_recomputed: bool = False
+    # Distillation (rollout/teachers.py): the teacher's logprob of each generated token (for an
+    # ensemble, the members' combination), empty when no teacher scored the sample; its top
+    # tokens per position, best first (at least its argmax: `distill/agree_frac`); which teacher
+    # and weight version scored it (0: frozen weights); each ensemble member's own logprobs and
+    # weight for this sample; a hash of the privileged context it was given; and why it has no
+    # score (a context function raised, the teacher died) when it has none.
+    teacher_logprobs_T: tuple[float, ...] = ()
+    teacher_topk_ids_T_K: tuple[tuple[int, ...], ...] = ()
+    teacher_topk_logprobs_T_K: tuple[tuple[float, ...], ...] = ()
+    teacher_id: str = ""
+    teacher_version: int | None = None
+    teacher_parts: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    teacher_weights: Mapping[str, float] = field(default_factory=dict)
+    teacher_context_hash: str = ""
+    teacher_error: str | None = None
 
     def __post_init__(self) -> None:
         n = len(self.completion_ids_T)
@@ -59,6 +74,18 @@ class Sample:
         if self.token_texts_T and len(self.token_texts_T) != n:
             raise ValueError(f"sample {self.sample_id}: {n} tokens but "
                              f"{len(self.token_texts_T)} token texts")
+        # Top-k lists may be absent (a product of experts has none); present, they are per token.
+        teacher = [len(self.teacher_logprobs_T), len(self.teacher_topk_ids_T_K),
+                   len(self.teacher_topk_logprobs_T_K), *map(len, self.teacher_parts.values())]
+        if self.teacher_logprobs_T and any(k not in (0, n) for k in teacher[1:]) or \
+                teacher[0] not in (0, n):
+            raise ValueError(f"sample {self.sample_id}: {n} tokens but teacher arrays of "
+                             f"lengths {teacher}")
+
+    @property
+    def has_teacher(self) -> bool:
+        """A teacher scored every token of this sample."""
+        return bool(self.teacher_id) and self.teacher_error is None
 
     @property
     def oldest_version(self) -> int:
@@ -83,6 +110,11 @@ class Group:
     last_trained_version: int | None = None
     anchor_logprobs: tuple[tuple[float, ...], ...] = ()
     last_abs_advantage: float | None = None
+    # Distillation: seconds the teacher spent on this group (scoring, debate included), tokens it
+    # scored (privileged context included) and tokens a debate generated; None/0 without one.
+    teacher_score_s: float | None = None
+    teacher_tokens: int = 0
+    debate_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.anchor_logprobs and [len(a) for a in self.anchor_logprobs] != \
@@ -149,8 +181,15 @@ def _plain(value: Any) -> Any:
 def sample_from_json(data: Mapping[str, Any]) -> Sample:
     """The inverse of `to_json_dict` for a sample (snapshots, resume, the inspector)."""
     fields = {f.name for f in dataclasses.fields(Sample)}
-    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in fields}
+    values = {k: _tuples(v) for k, v in data.items() if k in fields}
+    if "teacher_parts" in values:
+        values["teacher_parts"] = {k: _tuples(v) for k, v in values["teacher_parts"].items()}
     return Sample(**values)
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back into (nested) tuples."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def group_from_json(data: Mapping[str, Any]) -> Group:
@@ -160,4 +199,7 @@ def group_from_json(data: Mapping[str, Any]) -> Group:
                  reuse_count=data.get("reuse_count", 0),
                  last_trained_version=data.get("last_trained_version"),
                  anchor_logprobs=tuple(tuple(a) for a in data.get("anchor_logprobs", ())),
-                 last_abs_advantage=data.get("last_abs_advantage"))
+                 last_abs_advantage=data.get("last_abs_advantage"),
+                 teacher_score_s=data.get("teacher_score_s"),
+                 teacher_tokens=data.get("teacher_tokens", 0),
+                 debate_tokens=data.get("debate_tokens", 0))

@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from slipstream.buffer.records import Group, sample_from_json, to_json_dict
+from slipstream.buffer.records import Group, group_from_json, to_json_dict
 from slipstream.buffer.replay import Eviction, ReplayBuffer
 
 EVICTIONS_NAME = "evictions.jsonl"
@@ -42,6 +42,9 @@ def write_snapshot(buffer: ReplayBuffer, directory: Path, step: int | str,
                        "group_id": group.group_id, "prompt_id": group.prompt_id,
                        "last_trained_version": group.last_trained_version,
                        "last_abs_advantage": group.last_abs_advantage,
+                       "teacher_score_s": group.teacher_score_s,
+                       "teacher_tokens": group.teacher_tokens,
+                       "debate_tokens": group.debate_tokens,
                        "anchor_logprobs_T": (list(group.anchor_logprobs[index])
                                              if group.anchor_logprobs else None),
                        "sample": to_json_dict(sample)}
@@ -63,15 +66,11 @@ def read_snapshot(path: str | Path) -> dict[str, list[Group]]:
     for (part, group_id), group_rows in rows.items():
         first = group_rows[0]
         anchors = [r.get("anchor_logprobs_T") for r in group_rows]
-        parts.setdefault(part, []).append(Group(
-            group_id=group_id, ticket=first["ticket"],
-            prompt_id=first.get("prompt_id", first["sample"]["prompt_id"]),
-            samples=tuple(sample_from_json(r["sample"]) for r in group_rows),
-            reuse_count=first.get("reuse_count", 0),
-            last_trained_version=first.get("last_trained_version"),
-            anchor_logprobs=(tuple(tuple(a) for a in anchors)
-                             if all(a is not None for a in anchors) else ()),
-            last_abs_advantage=first.get("last_abs_advantage")))
+        parts.setdefault(part, []).append(group_from_json({
+            **first, "group_id": group_id,
+            "prompt_id": first.get("prompt_id", first["sample"]["prompt_id"]),
+            "samples": [r["sample"] for r in group_rows],
+            "anchor_logprobs": anchors if all(a is not None for a in anchors) else ()}))
     return parts
 
 

@@ -18,6 +18,9 @@ Reading rules, the inspector's safety and liveness rest on them:
 * **Cheap to open.** The table needs only `rollouts/index.jsonl` (buffer/rollout_log.py); a
   sample's full record is read on demand by seeking to its byte offset in its step file. Step
   files without index lines (older runs) are summarised once from the file itself.
+* **Derived views travel with the record.** A sample's record is served as written plus
+  `teacher_view` (teacher.py: the teacher-student gap of a distillation sample, or why it has
+  none), computed here so the live page and the --html export get the same numbers.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from slipstream.buffer.browser_json import browser_json
 from slipstream.buffer.rollout_log import INDEX_NAME, index_row
 from slipstream.errors import SlipstreamError
 from slipstream.inspector.jsonl import MAX_LINE_BYTES, JsonlFollower, parse_line
+from slipstream.inspector.teacher import teacher_view
 from slipstream.inspector.validate import (
     STEP_FILE, config_max_lag, eviction_problem, index_row_problem, metrics_row_problem,
     record_problem, snapshot_row_problem)
@@ -290,8 +294,9 @@ class RunStore:
             return list(self._by_group.get(group_id, ()))
 
     def sample(self, sample_id: str, step: int | None = None) -> dict[str, Any] | None:
-        """The full `TrainedSample` record of one indexed sample; None if it is not indexed;
-        DataError if its step file no longer holds it where the index says."""
+        """The full `TrainedSample` record of one indexed sample, with its `teacher_view`;
+        None if it is not indexed; DataError if its step file no longer holds it where the
+        index says."""
         row = self.find_row(sample_id, step)
         if row is None:
             return None
@@ -321,6 +326,7 @@ class RunStore:
             raise DataError(f"{what}: bytes {start}..{end} of {where} hold sample "
                             f"{found[0][:80]!r} of step {found[1]}; the file changed after it "
                             "was indexed")
+        record["teacher_view"] = teacher_view(record)
         return record
 
     def snapshot_names(self) -> list[str]:

@@ -18,6 +18,7 @@ from slipstream.envs import ArithmeticEnvConfig, EnvConfig
 from slipstream.model_config import ModelConfig
 from slipstream.rewards import MathVerifyRewardConfig, RewardConfig
 from slipstream.rollout.config import RolloutConfig
+from slipstream.rollout.teacher_config import TeacherConfig
 from slipstream.trainer.config import TrainerConfig
 from slipstream.trainer.optimizers import check_zero_stage
 
@@ -79,6 +80,8 @@ class RunConfig(_Strict):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description=(
+        "Who scores the student's tokens for distillation (rollout/teacher_config.py)."))
     progress: bool = Field(True, description="Show a progress bar.")
 
     @model_validator(mode="after")
@@ -110,6 +113,7 @@ class RunConfig(_Strict):
                 f"buffer.capacity_groups ({self.buffer.capacity_groups}) must hold max_lag + 1 "
                 f"steps of groups ({pinned_groups}) for buffer.schedule=pinned")
         self._check_loss()
+        self._check_teacher()
         self.buffer.replay.check(self.buffer.max_lag, self.trainer.groups_per_step,
                                  self.buffer.schedule)
         check_zero_stage(self.trainer.optimizer, self.trainer.zero_stage, self.model.dtype,
@@ -137,6 +141,32 @@ class RunConfig(_Strict):
                 and self.rollout.group_size < 2:
             raise ValueError(f"trainer.loss.advantage={loss.advantage} compares the samples of "
                              f"a group: rollout.group_size must be at least 2")
+
+    def _check_teacher(self) -> None:
+        """A teacher and the loss that uses it come together."""
+        distill, teacher = self.trainer.loss.distill, self.teacher
+        if distill.enabled and not teacher.enabled:
+            raise ValueError("trainer.loss.distill needs a teacher: --teacher.kind "
+                             "model|self|ensemble|debate (with --teacher.path for a model)")
+        if teacher.enabled and not distill.enabled:
+            raise ValueError(f"teacher.kind={teacher.kind} scores tokens no loss uses: "
+                             "--trainer.loss.kind distill, or trainer.loss.distill.coef > 0")
+        if not teacher.enabled:
+            return
+        if self.trainer.loss.kind == "soft_q":
+            raise ValueError("trainer.loss.kind=soft_q has no advantage to mix a teacher into")
+        if self.rollout.temperature != 1.0:
+            raise ValueError(f"teachers score at temperature 1, the student samples at "
+                             f"rollout.temperature={self.rollout.temperature}: distillation "
+                             "would compare two different distributions")
+        if distill.needs_topk and teacher.topk < 2:
+            raise ValueError(f"trainer.loss.distill.objective={distill.objective} compares "
+                             "top-k distributions: set teacher.topk to 2..20")
+        if distill.needs_topk and len(teacher.resolved_members) > 1 \
+                and teacher.combine != "route":
+            raise ValueError(f"trainer.loss.distill.objective={distill.objective} needs one "
+                             "teacher per sample (teacher.combine=route): a product of "
+                             "experts has no top-k list")
 
     @property
     def samples_per_step(self) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from slipstream.buffer.records import Group
+from slipstream.buffer.records import Group, TrainedSample
 
 
 class TensorBoardLogger:
@@ -51,3 +51,38 @@ def batch_metrics(groups: Sequence[Group], replay: bool = False) -> dict[str, fl
         "rollout/completion_len_mean": sum(lengths) / len(lengths),
         "rollout/truncated_frac": sum(s.finish_reason == "length" for s in samples) / len(samples),
     }
+
+
+def teacher_metrics(groups: Sequence[Group], trained: Sequence[TrainedSample]) -> dict[str, float]:
+    """What the teacher cost and how far the student is from each member, over the step's fresh
+    groups (a replayed group's teacher ran when it was generated). `kl/teacher/<member>`: mean
+    log p - log q_member over the tokens that member scored, p the learner's logprobs at the
+    step (the loss's own `kl/teacher` is the same figure for the combined teacher). Empty
+    without a teacher."""
+    fresh = [g for g in groups if g.reuse_count == 0 and g.teacher_score_s is not None]
+    metrics: dict[str, float] = {}
+    if fresh:
+        seconds = sum(g.teacher_score_s for g in fresh)
+        metrics["timing/teacher_score_s"] = seconds / len(fresh)
+        if seconds > 0:
+            metrics["throughput/teacher_tokens_per_s"] = sum(g.teacher_tokens for g in fresh) \
+                / seconds
+        scored = sum(g.teacher_tokens for g in fresh)
+        if any(g.debate_tokens for g in fresh) and scored:
+            metrics["distill/debate_tokens_per_scored_token"] = \
+                sum(g.debate_tokens for g in fresh) / scored
+    samples = [t for t in trained if t.sample.teacher_id]
+    if samples:
+        metrics["distill/scored_frac"] = sum(t.sample.has_teacher for t in samples) / len(samples)
+    gaps: dict[str, list[float]] = {}
+    for t in samples:
+        if not t.sample.has_teacher:
+            continue
+        parts = t.sample.teacher_parts or {t.sample.teacher_id: t.sample.teacher_logprobs_T}
+        for name, logprobs in parts.items():
+            gaps.setdefault(name, []).extend(
+                p - q for p, q in zip(t.trainer_logprobs_T, logprobs))
+    for name, values in gaps.items():
+        if values:
+            metrics[f"kl/teacher/{name}"] = sum(values) / len(values)
+    return metrics

@@ -46,10 +46,11 @@ from slipstream.buffer.replay_pool import step_report
 from slipstream.envs import build_env
 from slipstream.errors import RunStopped, SlipstreamError, one_line
 from slipstream.launch.config import RunConfig
-from slipstream.launch.metrics import batch_metrics
+from slipstream.launch.metrics import batch_metrics, teacher_metrics
 from slipstream.launch.placement import LearnerThreads, Placement, check_hosts, plan
 from slipstream.launch.resume import RUN_STATE, ResumePoint, begin_resume
 from slipstream.launch.run_dir import RunDirectory, learner_args, resolved_model, reward_summary
+from slipstream.launch.teacher_actors import check_teachers, start_teachers
 from slipstream.model_config import ModelConfig
 from slipstream.rewards import build_reward
 from slipstream.rollout.sync_client import RayWorkersClient
@@ -66,6 +67,7 @@ class Actors:
     buffer: ray.actor.ActorHandle
     learner: ray.actor.ActorHandle
     workers: list[ray.actor.ActorHandle]
+    teachers: list[ray.actor.ActorHandle]     # TeacherActors (distillation), shared by workers
     runs: list[ray.ObjectRef]            # each worker's run() call: ready only if it ends
     new_worker: Callable[[int], ray.actor.ActorHandle]   # a started worker for slot i
     max_restarts: int = 0
@@ -173,13 +175,15 @@ def _start_actors(config: RunConfig, model: ModelConfig, run: RunDirectory,
     learner = ray.remote(Learner).options(
         num_cpus=0, num_gpus=placement.learner_gpus).remote(config.trainer, model,
                                                             **learner_kwargs)
+    teacher_handles, teachers = start_teachers(config, model)
 
     def create(worker_id: int) -> ray.actor.ActorHandle:
         return RolloutWorker.options(num_cpus=config.rollout.cpus_per_worker,
                                      num_gpus=placement.worker_gpus).remote(
             model, config.rollout, config.env, config.reward, buffer, seed=config.seed,
             deterministic=config.deterministic, worker_id=worker_id,
-            weight_transfer=placement.engine_backend)
+            weight_transfer=placement.engine_backend, teacher=config.teacher,
+            teacher_actors=teacher_handles)
 
     def new_worker(worker_id: int) -> ray.actor.ActorHandle:
         worker = create(worker_id)
@@ -187,7 +191,7 @@ def _start_actors(config: RunConfig, model: ModelConfig, run: RunDirectory,
         return worker
 
     workers = [create(worker_id) for worker_id in range(config.rollout.num_workers)]
-    actors = Actors(buffer, learner, workers, runs=[], new_worker=new_worker,
+    actors = Actors(buffer, learner, workers, teachers, runs=[], new_worker=new_worker,
                     max_restarts=config.rollout.max_worker_restarts)
     ready = [w.start.remote() for w in workers] + [learner.ready.remote()]
     for ref in ready:
@@ -267,7 +271,7 @@ def _shutdown(actors: Actors | None) -> None:
     try:
         ray.get(actors.buffer.snapshot.remote("final", actors.learner_version), timeout=30)
         ray.get(actors.buffer.close.remote(), timeout=10)
-        ray.get([w.shutdown.remote() for w in actors.workers], timeout=30)
+        ray.get([w.shutdown.remote() for w in actors.workers + actors.teachers], timeout=30)
     except (RayTaskError, RayActorError, GetTimeoutError):
         pass  # the actor is already gone or stuck; ray.shutdown() below kills it either way
 
@@ -331,7 +335,10 @@ def _train(config: RunConfig, actors: Actors, run: RunDirectory, stop: GracefulS
                  "rollout/tokens_total": tokens, "rollout/fresh_samples_total": fresh_samples,
                  "throughput/rollout_tokens_per_s": (tokens - last_tokens) / (now - last_time),
                  "faults/worker_restarts": counts["worker_restarts"],
-                 "faults/reward_restarts": counts["reward_restarts"]}
+                 "faults/reward_restarts": counts["reward_restarts"],
+                 **teacher_metrics(groups, result.trained)}
+        if config.teacher.enabled:
+            extra["faults/teacher_errors"] = counts["teacher_errors"]
         last_tokens, last_time = tokens, now
         extra |= _await(actors.buffer.stats.remote(result.version), actors)
         extra |= _share_cores(threads, extra.pop("rollout/engine_idle_s"), now, actors)
@@ -406,6 +413,7 @@ def run(config: RunConfig) -> RunDirectory:
     model = resolved_model(config)
     build_reward(config.reward)         # a reward that cannot be imported fails here, in one line
     build_env(config.env, config.seed)  # so does a missing or malformed dataset
+    check_teachers(config, model)       # and a missing teacher or context function
     run_dir = RunDirectory(config, resume)
     # vLLM's INFO and WARNING lines would drown the progress bar; its errors still show.
     env_vars = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),

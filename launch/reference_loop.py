@@ -87,6 +87,9 @@ async def reference_loop(config: RunConfig) -> RunDirectory:
     if config.buffer.replay.enabled:
         raise SlipstreamError("the reference loop trains every group once: buffer.replay runs "
                               "in the pipeline (launch/quickstart.py and its kin)")
+    if config.teacher.enabled:
+        raise SlipstreamError("the reference loop has no teacher: distillation runs in the "
+                              "pipeline (launch/distill.py)")
     model = resolved_model(config)
     run = RunDirectory(config, resume)
     env = build_env(config.env, seed=config.seed)

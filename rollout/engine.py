@@ -50,7 +50,7 @@ from typing import Any
 from slipstream import DIE_WITH_PARENT
 from slipstream.model_config import ModelConfig
 from slipstream.rollout.config import RolloutConfig
-from slipstream.rollout.engine_api import Completion, SamplingSettings
+from slipstream.rollout.engine_api import Completion, SamplingSettings, TokenScores
 from slipstream.rollout.weight_transfer import BACKEND
 
 _EXTENSION = "slipstream.rollout.worker_extension.SlipstreamWorkerExtension"
@@ -196,6 +196,36 @@ class VLLMEngine:
         versions = versions_from_spans(last.weight_versions, len(token_ids))
         return Completion(tuple(token_ids), tuple(logprobs), versions,
                           last.finish_reason or "unknown", "".join(text))
+
+    async def score(self, prompt_ids: list[int], token_ids: list[int], topk: int,
+                    request_id: str) -> TokenScores:
+        """The engine's logprob of each of `token_ids` after `prompt_ids`, and its `topk` best
+        tokens at each of those positions: one prefill (vLLM's `prompt_logprobs`, one generated
+        token thrown away), the ids scored exactly as given. Temperature 1: the model's own
+        distribution (a teacher's; rollout/teachers.py)."""
+        from vllm import SamplingParams
+
+        if not token_ids:
+            return TokenScores((), (), (), self._version)
+        params = SamplingParams(n=1, max_tokens=1, temperature=1.0, prompt_logprobs=topk,
+                                detokenize=False)
+        await self._weights_ready.wait()
+        version = self._version
+        prompt = {"prompt_token_ids": list(prompt_ids) + list(token_ids),
+                  "cache_salt": f"slipstream-weights-{version}"}
+        last = None
+        async for output in self._engine().generate(prompt, params, request_id=request_id):
+            last = output
+        if last is None or last.prompt_logprobs is None:
+            raise RuntimeError(f"request {request_id}: vLLM returned no prompt logprobs")
+        positions = last.prompt_logprobs[len(prompt_ids):]
+        logprobs, ids, best = [], [], []
+        for token, position in zip(token_ids, positions, strict=True):
+            ranked = sorted(position.items(), key=lambda item: item[1].rank)
+            logprobs.append(position[token].logprob)
+            ids.append(tuple(t for t, _ in ranked[:topk]))
+            best.append(tuple(entry.logprob for _, entry in ranked[:topk]))
+        return TokenScores(tuple(logprobs), tuple(ids), tuple(best), version)
 
     async def init_weight_transfer(self, init_info: Mapping[str, Any]) -> None:
         """Join the weight-transfer channel (a rendezvous for `slipstream_collective`)."""

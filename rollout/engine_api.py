@@ -35,6 +35,17 @@ class Completion:
     text: str
 
 
+@dataclass(frozen=True)
+class TokenScores:
+    """A scoring model's view of given tokens (a teacher's: rollout/teachers.py): the logprob of
+    each scored token, and its `k` best tokens at that position, best first."""
+
+    logprobs: tuple[float, ...]
+    topk_ids: tuple[tuple[int, ...], ...]
+    topk_logprobs: tuple[tuple[float, ...], ...]
+    version: int                     # the weight version that scored them
+
+
 class Engine(Protocol):
     """A sampler that takes weights in place while it generates."""
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from slipstream.model_config import ModelConfig
-from slipstream.rollout.engine_api import Completion
+from slipstream.rollout.engine_api import Completion, TokenScores
 from slipstream.trainer.numerics import batch_invariant, scaled_log_softmax
 from slipstream.weight_fingerprint import fingerprint
 
@@ -188,6 +188,30 @@ class ReferenceEngine:
         text = self._tokenizer.decode(request.tokens, skip_special_tokens=True)
         return Completion(tuple(request.tokens), tuple(request.logprobs), tuple(request.versions),
                           request.finish_reason or "unknown", text)
+
+    async def score(self, prompt_ids: list[int], token_ids: list[int], topk: int,
+                    request_id: str) -> TokenScores:
+        """VLLMEngine.score's contract: each of `token_ids`' logprob after `prompt_ids` and the
+        `topk` best tokens there, at temperature 1, from one forward of the whole sequence under
+        the batch-invariant numerics (between two batching steps, so no update lands inside)."""
+        if self._model is None:
+            raise RuntimeError("ReferenceEngine is not started (call `await engine.start()`)")
+        if not token_ids:
+            return TokenScores((), (), (), self._version)
+        async with self._step_lock:
+            return await asyncio.to_thread(self._score, list(prompt_ids), list(token_ids), topk)
+
+    def _score(self, prompt_ids: list[int], token_ids: list[int], topk: int) -> TokenScores:
+        ids = torch.tensor([prompt_ids + token_ids])
+        with torch.no_grad(), batch_invariant():
+            # The last len(token_ids) + 1 rows; the final one predicts past the sequence.
+            logits = self._model(input_ids=ids, use_cache=False,
+                                 logits_to_keep=len(token_ids) + 1).logits[0, :-1].float()
+            logp_T_V = scaled_log_softmax(logits, 1.0)
+        best = logp_T_V.topk(topk, dim=-1)
+        chosen = logp_T_V.gather(-1, torch.tensor(token_ids).unsqueeze(-1)).squeeze(-1)
+        return TokenScores(tuple(chosen.tolist()), tuple(map(tuple, best.indices.tolist())),
+                           tuple(map(tuple, best.values.tolist())), self._version)
 
     async def _run(self) -> None:
         """The batching loop: one step at a time, each in a thread, the step lock held."""

@@ -3,6 +3,7 @@
     run():  groups_in_flight loops, each:  ticket <- buffer.acquire_ticket()   (waits: backpressure,
                                                                                 staleness bound)
                                            group  <- generate_group(env.prompt(ticket))
+                                           group  <- teacher.score(group)   (distillation only)
                                            buffer.put(ticket, group)
     weight sync, as the learner's client drives it (rollout/sync_client.py):
         init_weight_transfer (once) ; begin_update: pause, in-flight requests kept ;
@@ -25,6 +26,8 @@ from slipstream.rewards import RewardConfig, RewardRunner, build_reward
 from slipstream.rollout.config import RolloutConfig
 from slipstream.rollout.engine_api import build_engine
 from slipstream.rollout.group import generate_group
+from slipstream.rollout.teacher_config import TeacherConfig
+from slipstream.rollout.teacher_scoring import GroupTeacher
 
 
 @ray.remote
@@ -33,8 +36,13 @@ class RolloutWorker:
 
     def __init__(self, model: ModelConfig, rollout: RolloutConfig, env: EnvConfig,
                  reward: RewardConfig, buffer, *, seed: int, deterministic: bool,
-                 worker_id: int, weight_transfer: str) -> None:
+                 worker_id: int, weight_transfer: str, teacher: TeacherConfig | None = None,
+                 teacher_actors: dict | None = None) -> None:
+        """`teacher_actors`: each teacher member's TeacherActor by name (rollout/teachers.py);
+        a live self-teacher scores on this worker's own engine."""
         self._model, self._rollout = model, rollout
+        self._teacher_config, self._teacher_actors = teacher, teacher_actors or {}
+        self._teacher: GroupTeacher | None = None
         self._seed, self._worker_id = seed, worker_id
         self._buffer = buffer
         self._engine = build_engine(model, rollout, seed, deterministic, weight_transfer)
@@ -56,6 +64,9 @@ class RolloutWorker:
             raise RuntimeError(f"vLLM engine failed to start for {self._model.path}: "
                                f"{type(error).__name__}: {detail}") from None
         self._tokenizer = AutoTokenizer.from_pretrained(self._model.path)
+        if self._teacher_config is not None and self._teacher_config.enabled:
+            self._teacher = GroupTeacher(self._teacher_config, self._teacher_actors, self._engine,
+                                         self._tokenizer, self._seed)
 
     async def run(self) -> None:
         """Generate until the buffer closes. An exception here ends the run (the controller
@@ -72,9 +83,11 @@ class RolloutWorker:
             ticket = await self._buffer.acquire_ticket.remote(self._worker_id)
             if ticket is None:
                 return
-            group = await generate_group(self._engine, self._tokenizer, self._rewards,
-                                         self._env.prompt(ticket), ticket, self._rollout,
-                                         self._seed, self._worker_id)
+            prompt = self._env.prompt(ticket)
+            group = await generate_group(self._engine, self._tokenizer, self._rewards, prompt,
+                                         ticket, self._rollout, self._seed, self._worker_id)
+            if self._teacher is not None:   # scored here, so the learner never waits for it
+                group = await self._teacher.score(group, prompt)
             await self._buffer.put.remote(ticket, group)
 
     # -- the weight sync, one call per step of vLLM's protocol (rollout/sync_client.py) ----
@@ -106,7 +119,8 @@ class RolloutWorker:
         and reward processes replaced (rewards/runner.py); reward and group statistics come
         from the batches themselves (launch/metrics.py)."""
         return {"tokens": self._engine.tokens_generated,
-                "reward_restarts": self._rewards.restarts}
+                "reward_restarts": self._rewards.restarts,
+                "teacher_errors": self._teacher.errors if self._teacher is not None else 0}
 
     async def shutdown(self) -> None:
         self._rewards.close()

@@ -48,6 +48,13 @@ def test_a_sample_budget_lifts_the_step_limit_and_arms_may_replay_and_change_max
     assert run_flags(plan, plan.arms[1], 0)[-2:] == ["--buffer.max-lag", "4"]
 
 
+def test_a_distillation_arm_may_choose_its_teacher():
+    members = '[{"source": "model", "path": "runs/quickstart/final"}, {"source": "self"}]'
+    plan = parse_args(["--recipes", "grpo", "--arm", "ens=--trainer.loss.kind distill "
+                       f"--teacher.kind ensemble --teacher.members '{members}'"])
+    assert run_flags(plan, plan.arms[1], 0)[-2:] == ["--teacher.members", members]
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["--recipes", "grpo", "--arm", "big=--model.path other"],
      "arm 'big' sets model.path: an arm may change only the algorithm"),

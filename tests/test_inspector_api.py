@@ -6,7 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from inspector_helpers import get_json, request, run, server, serving  # noqa: F401
+from inspector_helpers import (  # noqa: F401  (run, server, teacher_run are fixtures)
+    HOSTILE_TEACHER, NO_TEACHER_ID, TEACHER_GAPS, TEACHER_ID, TEACHER_STEP, get_json, request,
+    run, scored_teacher_fields, server, serving, teacher_run, teacher_trained)
 
 from slipstream.inspector import demo
 from slipstream.inspector.export import export_html
@@ -108,6 +110,45 @@ def test_export_embeds_hostile_text_inertly_and_round_trips(run, tmp_path):
     csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html).group(1)
     assert "default-src 'none'" in csp and "unsafe-inline" not in csp
     assert not re.search(r"(src|href)=\"(https?:)?//", html)
+
+
+def _embedded(html):
+    data = html[html.index('id="slipstream-data">') + len('id="slipstream-data">'):]
+    return data[: data.index("</script>")]
+
+
+def test_the_teacher_gap_is_served_and_exported_with_its_sample(teacher_run, tmp_path):
+    sample = f"/api/sample?id={TEACHER_ID}&step={TEACHER_STEP}"
+    with serving(teacher_run) as server:
+        status, record = get_json(server, sample)
+        assert status == 200 and record["teacher_view"]["gap_T"] == list(TEACHER_GAPS)
+        _, other = get_json(server, f"/api/sample?id={NO_TEACHER_ID}&step={TEACHER_STEP}")
+        assert other["teacher_view"]["available"] is False
+        assert "No teacher scores" in other["teacher_view"]["reason"]
+    out, count, _ = export_html(RunStore(teacher_run), tmp_path / "t.html",
+                                parse_query({"step_min": str(TEACHER_STEP)}))
+    data = _embedded(out.read_text())
+    assert count == 3 and HOSTILE_TEACHER not in data       # the teacher's id is inert there
+    view = json.loads(data)["samples"][f"{TEACHER_ID}@{TEACHER_STEP}"]["teacher_view"]
+    assert view["gap_T"] == list(TEACHER_GAPS) and view["id"] == HOSTILE_TEACHER
+
+
+def test_non_finite_teacher_scores_reach_the_browser_as_browser_json(tmp_path):
+    from slipstream.buffer.rollout_log import write_step
+
+    run = demo.make_demo_run(tmp_path / "run")
+    fields = scored_teacher_fields(teacher_logprobs_T=(float("-inf"), float("nan"), -0.5, -1.0))
+    write_step(run / "rollouts", TEACHER_STEP, [teacher_trained(0, **fields)])
+    with serving(run) as server:
+        status, _, body = request(server, f"/api/sample?id={TEACHER_ID}&step={TEACHER_STEP}")
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    view = json.loads(body, parse_constant=refuse)["teacher_view"]   # JSON.parse's rules
+    assert status == 200 and view["available"]
+    assert view["gap_T"] == [{"$float": "-Infinity"}, {"$float": "NaN"}, 0.0, 2.0]
+    assert view["mean_gap"] == {"$float": "NaN"}            # a NaN score is not averaged away
+    assert view["max_abs_gap"] == {"$float": "Infinity"}
 
 
 def test_export_selection_and_size_cap(run, tmp_path):

@@ -17,7 +17,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from inspector_helpers import run, server, serving  # noqa: F401
+from inspector_helpers import (  # noqa: F401  (run, server, teacher_run are fixtures)
+    FAILED_TEACHER_ID, HOSTILE_MEMBER, HOSTILE_TEACHER, NO_TEACHER_ID, TEACHER_GAPS, TEACHER_ID,
+    TEACHER_STEP, run, server, serving, teacher_run)
 
 from slipstream.inspector import demo
 from slipstream.inspector.export import export_html
@@ -121,6 +123,63 @@ def _expected_gap_colour(gap: float) -> str:
             r, g, b = (math.floor(a + (b_ - a) * f + 0.5) for a, b_ in zip(c0, c1))
             return f"rgb({r}, {g}, {b})"
     raise AssertionError("unreachable")
+
+
+def _expected_teacher_colour(gap: float) -> str:
+    """The documented teacher-gap scale (static/tokens.js): pink (197, 27, 125) through white
+    (247, 247, 247) to green (77, 146, 33), at 0.5 + sign * (log10 |gap| + 2) / 6, |gap| <= 0.01
+    white, computed here independently of the page."""
+    stops = [(0.0, (197, 27, 125)), (0.5, (247, 247, 247)), (1.0, (77, 146, 33))]
+    reach = 0.0 if abs(gap) <= 0.01 else min(1.0, (math.log10(abs(gap)) + 2) / 3)
+    t = 0.5 + math.copysign(reach, gap) / 2
+    for (p0, c0), (p1, c1) in zip(stops, stops[1:]):
+        if t <= p1:
+            f = (t - p0) / (p1 - p0)
+            r, g, b = (math.floor(a + (b_ - a) * f + 0.5) for a, b_ in zip(c0, c1))
+            return f"rgb({r}, {g}, {b})"
+    raise AssertionError("unreachable")
+
+
+def _tooltip_of(guarded, token) -> dict[str, str]:
+    token.hover()
+    tooltip = guarded.page.locator("#tooltip")
+    tooltip.wait_for(state="visible")
+    return dict(tooltip.locator(".tip-row").evaluate_all(
+        "rows => rows.map(r => [r.children[0].textContent, r.children[1].textContent])"))
+
+
+def test_the_teacher_view_colours_tokens_by_the_teacher_gap(browser, teacher_run):
+    with serving(teacher_run) as server:
+        guarded = Guarded(browser, f"127.0.0.1:{server.server_address[1]}")
+        base = server.url + f"#view=sample&step={TEACHER_STEP}&id="
+        guarded.open(base + TEACHER_ID + "&color=teacher")
+        tokens = guarded.page.locator("#tokens .tok")
+        colours = tokens.evaluate_all(
+            "spans => spans.map(s => getComputedStyle(s).backgroundColor)")
+        assert colours == [_expected_teacher_colour(g) for g in TEACHER_GAPS]
+        assert len(set(colours)) == 4                         # green, pink, white, green
+        legend = guarded.page.locator("#legend").inner_text()
+        assert "teacher gap (teacher − student logprob)" in legend
+        assert "green: the teacher likes the token more than the student" in legend
+        values = _tooltip_of(guarded, tokens.nth(1))
+        assert values["teacher logprob"] == "-2" and values["student logprob (trainer)"] == "-0.5"
+        assert values["teacher gap (teacher − student)"] == "-1.5 (the teacher likes it less)"
+        assert values["teacher top-1"] == "id 8 (not the generated token), logprob -0.1"
+        assert values["member alpha (weight 0.75)"] == "-1.5"
+        # The hostile member name is text, its bidi override shown as an escape.
+        assert values[f"member {HOSTILE_MEMBER[:-1]}\\u202e (weight 0.25)"] == "-3"
+        assert HOSTILE_TEACHER in guarded.page.locator(".chips").inner_text()
+        # No teacher scores: no teacher colouring offered, and the page says why.
+        guarded.open(base + NO_TEACHER_ID + "&color=teacher")
+        offered = guarded.page.locator("#color-mode option").evaluate_all(
+            "options => options.map(o => o.value)")
+        assert offered == ["gap", "weight", "version", "surprisal"]
+        assert "No teacher scores for this sample" in \
+            guarded.page.locator("#teacher-missing").inner_text()
+        guarded.open(base + FAILED_TEACHER_ID)              # the teacher failed: it says so
+        assert guarded.page.locator("#color-mode option[value='teacher']").is_disabled()
+        assert "context function raised" in guarded.page.locator(".chips").inner_text()
+        guarded.check_clean()
 
 
 def test_sorting_by_gap_puts_the_known_sample_first(page):

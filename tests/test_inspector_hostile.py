@@ -11,10 +11,13 @@ import urllib.request
 
 import pytest
 import inspector_helpers
-from inspector_helpers import get_json, request
+from inspector_helpers import (
+    TEACHER_ID, TEACHER_STEP, get_json, request, scored_teacher_fields, teacher_trained)
 
+from slipstream.buffer.records import to_json_dict
+from slipstream.buffer.rollout_log import index_row, write_step
 from slipstream.errors import SlipstreamError
-from slipstream.inspector import demo, jsonl
+from slipstream.inspector import demo, jsonl, teacher
 from slipstream.inspector.export import export_html
 from slipstream.inspector.query import SORT_KEYS, parse_query
 from slipstream.inspector.server import InspectorServer
@@ -198,6 +201,67 @@ def test_a_record_whose_loss_said_nothing_per_token_is_readable(run):
     store = RunStore(run)
     assert store.sample("g9-0", 7)["importance_weights_T"] == []
     assert store.skipped_lines == 0
+
+
+def _write_raw_step(run, step, records):
+    """A step file of JSON records as given (what no writer of ours would produce), indexed."""
+    name, lines, rows = f"step-{step:06d}.jsonl", [], []
+    offset = 0
+    for record in records:
+        line = (json.dumps(record) + "\n").encode()
+        rows.append(json.dumps(index_row(record, name, offset, len(line))))
+        lines.append(line)
+        offset += len(line)
+    (run / "rollouts" / name).write_bytes(b"".join(lines))
+    _append(_index(run), *rows)
+
+
+BAD_TEACHER_FIELDS = [
+    ("teacher_logprobs_T", [-0.5] * 3), ("teacher_logprobs_T", ["-0.5"] * 4),
+    ("teacher_logprobs_T", [True] * 4), ("teacher_logprobs_T", [10**400] * 4),
+    ("teacher_logprobs_T", {"0": -0.5}), ("teacher_logprobs_T", "-0.5"),
+    ("teacher_topk_ids_T_K", [[3]] * 3), ("teacher_topk_ids_T_K", [3, 4, 5, 6]),
+    ("teacher_topk_ids_T_K", [["3"]] * 4), ("teacher_topk_ids_T_K", [[3.0]] * 4),
+    ("teacher_topk_logprobs_T_K", [["x"]] * 4), ("teacher_topk_logprobs_T_K", {"a": 1}),
+    ("teacher_parts", [[-0.5] * 4]), ("teacher_parts", {"<b>m</b>" * 50: [-0.5] * 3}),
+    ("teacher_parts", {"m": "abc"}), ("teacher_parts", {"m": [None] * 4}),
+    ("teacher_weights", {"alpha": "heavy"}), ("teacher_weights", [0.5]),
+    ("teacher_id", 5), ("teacher_id", ["t"]), ("teacher_version", "0"),
+    ("teacher_version", True), ("teacher_version", 1.5), ("teacher_error", {"e": 1}),
+]
+
+
+@pytest.mark.parametrize("field, value", BAD_TEACHER_FIELDS)
+def test_a_malformed_teacher_field_leaves_the_sample_readable_without_a_teacher_view(
+        run, field, value):
+    record = to_json_dict(teacher_trained(0, **scored_teacher_fields()))
+    record["sample"][field] = value
+    _write_raw_step(run, TEACHER_STEP, [record])
+    info, rows = _served(run)
+    assert info["skipped_lines"] == 0 and TEACHER_ID in {r["id"] for r in rows}
+    with serving(run) as server:
+        status, served = get_json(server, f"/api/sample?id={TEACHER_ID}&step={TEACHER_STEP}")
+    view = served["teacher_view"]
+    assert status == 200 and served["sample"][field] == value      # the record, as written
+    assert view["available"] is False and view["malformed"] is True and "gap_T" not in view
+    # The reason names the field, stays short, and repeats no user string (a member name).
+    assert view["reason"].startswith("The teacher fields of this sample are malformed")
+    assert len(view["reason"]) < 200 and "<b>" not in view["reason"]
+
+
+def test_teacher_strings_and_member_lists_are_bounded(run):
+    n = 4
+    parts = {f"m{i}\u202e<i>": (-0.5,) * n for i in range(1000)}
+    record = teacher_trained(0, teacher_logprobs_T=(-1.0,) * n, teacher_topk_ids_T_K=((1,),) * n,
+                             teacher_topk_logprobs_T_K=((-1.0,),) * n, teacher_id="t" * 10**5,
+                             teacher_parts=parts)
+    write_step(run / "rollouts", TEACHER_STEP, [record])
+    view = RunStore(run).sample(TEACHER_ID, TEACHER_STEP)["teacher_view"]
+    assert view["available"] and len(view["id"]) == teacher.MAX_TEXT + 1      # and an ellipsis
+    assert len(view["members"]) == teacher.MAX_MEMBERS
+    assert view["members_left_out"] == 1000 - teacher.MAX_MEMBERS
+    assert [m["name"] for m in view["members"]] == list(parts)[:teacher.MAX_MEMBERS]
+    assert all(m["weight"] is None for m in view["members"])             # none recorded
 
 
 @pytest.mark.parametrize("replacement", [b'{"x": 1}', b"\xff" * 40, b"[]", b'{"sample": []}'])

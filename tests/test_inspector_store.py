@@ -5,9 +5,15 @@ import json
 import os
 
 import pytest
+from inspector_helpers import (  # noqa: F401  (teacher_run is a fixture)
+    FAILED_TEACHER_ID, HOSTILE_MEMBER, HOSTILE_TEACHER, NO_TEACHER_ID, TEACHER_GAPS,
+    TEACHER_ID, TEACHER_LOGPROBS, TEACHER_PARTS, TEACHER_STEP, TRAINER_LOGPROBS,
+    scored_teacher_fields, teacher_run, teacher_trained)
 
+from slipstream.buffer.records import to_json_dict
 from slipstream.inspector import demo
 from slipstream.inspector.store import RunStore
+from slipstream.inspector.teacher import teacher_view
 from slipstream.errors import SlipstreamError
 
 
@@ -158,3 +164,47 @@ def test_non_finite_numbers_survive_the_index(tmp_path):
     assert "Infinity" in line and "NaN" not in line.replace('"NaN"', "")
     [row] = RunStore(run).rows
     assert row["max_gap"] == float("inf")
+
+
+# -- the teacher-student gap (inspector/teacher.py), as the store serves it ---------------------
+def test_the_teacher_gap_is_teacher_minus_trainer_logprob(teacher_run):
+    view = RunStore(teacher_run).sample(TEACHER_ID, TEACHER_STEP)["teacher_view"]
+    assert view["available"] and view["student"] == "trainer" and view["reason"] == ""
+    # By hand: -0.25 - -1.25, -2.0 - -0.5, -0.5 - -0.5, -1.0 - -3.0.
+    assert view["gap_T"] == list(TEACHER_GAPS) == [1.0, -1.5, 0.0, 2.0]
+    assert view["teacher_T"] == list(TEACHER_LOGPROBS)
+    assert view["student_T"] == list(TRAINER_LOGPROBS)
+    assert view["mean_gap"] == 0.375 and view["max_abs_gap"] == 2.0     # 1.5 / 4
+    assert view["top1_T"] == [3, 8, 5, 6] and view["top1_logprob_T"] == [-0.25, -0.1, -0.5, -1.0]
+    assert view["members"] == [
+        {"name": "alpha", "weight": 0.75, "logprobs_T": list(TEACHER_PARTS["alpha"])},
+        {"name": HOSTILE_MEMBER, "weight": 0.25,
+         "logprobs_T": list(TEACHER_PARTS[HOSTILE_MEMBER])}]
+    assert view["members_left_out"] == 0
+    assert (view["id"], view["version"], view["error"]) == (HOSTILE_TEACHER, 0, None)
+
+
+def test_without_trainer_logprobs_the_student_is_the_sampler():
+    record = to_json_dict(teacher_trained(0, **scored_teacher_fields()))
+    record["trainer_logprobs_T"] = []
+    for name in ("teacher_topk_ids_T_K", "teacher_topk_logprobs_T_K", "teacher_parts"):
+        del record["sample"][name]                  # a teacher that recorded only its logprobs
+    view = teacher_view(record)
+    # The sampler's logprob is -0.5 at every token (factories.make_sample).
+    assert view["student"] == "sampler" and view["gap_T"] == [0.25, -1.5, 0.0, -0.5]
+    assert view["top1_T"] is None and view["top1_logprob_T"] is None and view["members"] == []
+
+
+def test_a_sample_without_teacher_scores_has_no_teacher_view_and_says_why(teacher_run):
+    store = RunStore(teacher_run)
+    unscored = store.sample(NO_TEACHER_ID, TEACHER_STEP)["teacher_view"]
+    assert unscored["available"] is False and unscored["malformed"] is False
+    assert "gap_T" not in unscored and "no teacher scored it" in unscored["reason"]
+    assert (unscored["id"], unscored["version"], unscored["error"]) == ("", None, None)
+    failed = store.sample(FAILED_TEACHER_ID, TEACHER_STEP)["teacher_view"]
+    assert failed["available"] is False and "gap_T" not in failed
+    assert (failed["id"], failed["error"]) == ("tutor", "context function raised")
+    assert "the teacher failed (context function raised)" in failed["reason"]
+    demo_rows = [r for r in store.rows if r["step"] != TEACHER_STEP]    # an RL run's samples
+    assert demo_rows and not any(store.sample(r["id"], r["step"])["teacher_view"]["available"]
+                                 for r in demo_rows)

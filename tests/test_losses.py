@@ -287,7 +287,7 @@ def test_value_loss_by_hand_clipped_and_unclipped():
 # ---------------------------------------------------------------- the micro-batch contract
 
 def random_batch(seed: int, with_ref: bool, with_values: bool,
-                 with_logits: bool = False) -> LossInputs:
+                 with_logits: bool = False, with_teacher: bool = False) -> LossInputs:
     gen = torch.Generator().manual_seed(seed)
     sampler = -torch.rand(4, 5, generator=gen) * 3
     mask = torch.rand(4, 5, generator=gen) < 0.7
@@ -305,11 +305,26 @@ def random_batch(seed: int, with_ref: bool, with_values: bool,
     if with_logits:   # soft_q: the sampled tokens' logits = logprob + a per-position LSE
         logits = (logp.detach() + 5 + torch.rand(4, 5, generator=gen)).requires_grad_()
         ref_logits = ref + 5 + torch.rand(4, 5, generator=gen)
+    teacher = dict(teacher_logprobs_B_T=None)
+    if with_teacher:   # sample 3 had no teacher score; top-k with K = 3, top-1 unknown on row 0
+        known = mask.clone()
+        known[3] = False
+        top = torch.log_softmax(torch.randn(4, 5, 6, generator=gen), -1).topk(3, -1).values
+        student_top = (top + torch.randn(4, 5, 3, generator=gen) * 0.2).clamp(max=-0.2)
+        top1 = torch.randint(0, 4, (4, 5), generator=gen)
+        top1[0] = -1
+        trained = known & ~torch.tensor([False, True, False, False]).unsqueeze(-1)
+        teacher = dict(teacher_logprobs_B_T=sampler + torch.randn(4, 5, generator=gen) * 0.5,
+                       teacher_known_B_T=known, teacher_topk_logprobs_B_T_K=top,
+                       student_topk_logprobs_B_T_K=student_top.requires_grad_(),
+                       teacher_top1_B_T=top1, student_argmax_B_T=torch.randint(0, 4, (4, 5)),
+                       total_teacher_tokens=int(trained.sum()),
+                       total_top1_tokens=int((trained & (top1 >= 0)).sum()))
     return LossInputs(logp.requires_grad_(), sampler, advantages, mask, ref,
                       total_tokens=int(mask.sum()), total_sequences=4, max_tokens=5,
                       filtered_B=torch.tensor([False, True, False, False]), values_B_T=values,
                       old_values_B_T=old, returns_B_T=returns, target_logits_B_T=logits,
-                      ref_target_logits_B_T=ref_logits)
+                      ref_target_logits_B_T=ref_logits, **teacher)
 
 
 def split(inputs: LossInputs, start: int, stop: int) -> LossInputs:
@@ -321,7 +336,15 @@ def split(inputs: LossInputs, start: int, stop: int) -> LossInputs:
                       inputs.max_tokens, cut(inputs.filtered_B), cut(inputs.values_B_T),
                       cut(inputs.old_values_B_T), cut(inputs.returns_B_T),
                       target_logits_B_T=cut(inputs.target_logits_B_T),
-                      ref_target_logits_B_T=cut(inputs.ref_target_logits_B_T))
+                      ref_target_logits_B_T=cut(inputs.ref_target_logits_B_T),
+                      teacher_logprobs_B_T=cut(inputs.teacher_logprobs_B_T),
+                      teacher_known_B_T=cut(inputs.teacher_known_B_T),
+                      teacher_topk_logprobs_B_T_K=cut(inputs.teacher_topk_logprobs_B_T_K),
+                      student_topk_logprobs_B_T_K=cut(inputs.student_topk_logprobs_B_T_K),
+                      teacher_top1_B_T=cut(inputs.teacher_top1_B_T),
+                      student_argmax_B_T=cut(inputs.student_argmax_B_T),
+                      total_teacher_tokens=inputs.total_teacher_tokens,
+                      total_top1_tokens=inputs.total_top1_tokens)
 
 
 # M2PO's mask is taken per micro-batch (as AReaL's), so only a threshold that masks nothing adds
@@ -336,6 +359,10 @@ CONFIGS = [{"kind": k} for k in KINDS if k != "m2po"] + [
     {"kind": "cispo", "correction": {"icepop": True, "icepop_beta": 1.3},
      "kl": {"coef": 0.2, "estimator": "k1"}},
     {"kind": "gspo", "correction": {"mis": "token", "mis_low": 0.8, "mis_high": 1.25}},
+    {"kind": "distill", "distill": {"objective": "forward_kl_topk"}},
+    {"kind": "distill", "distill": {"objective": "jsd_topk", "reward_weight": 1.0,
+                                    "reverse_share": 0.3}},
+    {"kind": "grpo", "distill": {"coef": 0.5}},
 ]
 
 
@@ -344,7 +371,7 @@ def test_micro_batches_sum_to_the_batch(fields):
     cfg = ADAPTER.validate_python(fields)
     with_values = cfg.needs_values
     whole_inputs = random_batch(seed=1, with_ref=cfg.needs_reference, with_values=with_values,
-                                with_logits=cfg.needs_logits)
+                                with_logits=cfg.needs_logits, with_teacher=cfg.distill.enabled)
     # soft_q's gradient reaches the model through the sampled tokens' logits (its Q).
     leaf = whole_inputs.target_logits_B_T if cfg.needs_logits else whole_inputs.logprobs_B_T
     whole = compute_loss(whole_inputs, cfg)
@@ -370,6 +397,8 @@ def test_micro_batches_sum_to_the_batch(fields):
     torch.testing.assert_close(leaf.grad, whole_grad)
     if with_values:
         torch.testing.assert_close(whole_inputs.values_B_T.grad, whole_value_grad)
+    if cfg.distill.needs_topk:   # the top-k objectives' gradient reaches the student's top-k
+        assert whole_inputs.student_topk_logprobs_B_T_K.grad is not None
     # The filtered sequence (DAPO's overlong filter) gives no gradient and says why.
     assert whole_grad[1].abs().sum().item() == 0.0
     if whole.mask_reason_B_T is None:    # soft_q: no importance weights, nothing to record
@@ -408,7 +437,7 @@ def test_config_rejects_bad_values_and_unknown_fields(bad):
 
 def test_every_kind_validates_and_an_unknown_kind_lists_the_valid_ones():
     assert set(KINDS) == {"grpo", "dr_grpo", "dapo", "gspo", "cispo", "rloo", "reinforce_pp",
-                          "ppo", "decoupled_ppo", "m2po", "topr", "soft_q"}
+                          "ppo", "decoupled_ppo", "m2po", "topr", "soft_q", "distill"}
     for kind in KINDS:
         assert ADAPTER.validate_python({"kind": kind}).kind == kind
     with pytest.raises(ValidationError, match="'grpo', 'dr_grpo'"):

@@ -238,3 +238,25 @@ def test_default_share_serves_every_pass_and_default_age_covers_them():
     replay = config.buffer.replay
     assert replay.resolved_share() == 0.75 and replay.replay_groups(4) == 3
     assert replay.resolved_max_age(config.buffer.max_lag) == config.buffer.max_lag + 16
+
+
+def test_a_teacher_scored_group_reads_back_from_a_snapshot_exactly(tmp_path):
+    """Distillation's fields (per-token teacher scores, top-k, members, costs) survive the
+    snapshot, so a replayed or resumed group still has its teacher."""
+    buffer = replay_buffer()
+    ticket = buffer.try_ticket()
+    plain = group_with(ticket, (0.0, 1.0))
+    samples = tuple(dataclasses.replace(
+        s, teacher_logprobs_T=tuple(-0.5 - i for i in range(len(s.completion_ids_T))),
+        teacher_topk_ids_T_K=tuple((7, 8) for _ in s.completion_ids_T),
+        teacher_topk_logprobs_T_K=tuple((-0.1, -2.5) for _ in s.completion_ids_T),
+        teacher_id="ensemble-poe(a,b)", teacher_version=0,
+        teacher_parts={"a": tuple(-1.0 for _ in s.completion_ids_T),
+                       "b": tuple(-0.25 for _ in s.completion_ids_T)},
+        teacher_weights={"a": 0.25, "b": 0.75}, teacher_context_hash="abc123")
+        for s in plain.samples)
+    scored = dataclasses.replace(plain, samples=samples, teacher_score_s=0.5, teacher_tokens=42,
+                                 debate_tokens=3)
+    buffer.put(ticket, scored)
+    parts = read_snapshot(write_snapshot(buffer, tmp_path, 1, 0))
+    assert parts["waiting"] == [scored]

@@ -249,9 +249,12 @@ class Learner:
         def cut(whole: torch.Tensor | None) -> torch.Tensor | None:
             return None if whole is None else whole[rows, :width]
 
+        teacher = batch.teacher
         with self._numerics():
-            forward = forward_tokens(self.engine, micro, self.temperature, with_entropy=True,
-                                     with_logits=self.loss.needs_logits)
+            forward = forward_tokens(
+                self.engine, micro, self.temperature, with_entropy=True,
+                with_logits=self.loss.needs_logits, with_argmax=teacher is not None,
+                gather_ids_B_T_K=cut(None if teacher is None else teacher.topk_ids_B_T_K))
         known = batch.proximal_known_B
         out = compute_loss(LossInputs(
             logprobs_B_T=forward.logprobs_B_T, sampler_logprobs_B_T=micro.sampler_logprobs_B_T,
@@ -263,7 +266,10 @@ class Learner:
             returns_B_T=cut(returns_B_T), proximal_logprobs_B_T=cut(batch.proximal_B_T),
             proximal_known_B=None if known is None else known[rows],
             target_logits_B_T=forward.target_logits_B_T,
-            ref_target_logits_B_T=cut(scored.ref_logits_B_T)), self.loss)
+            ref_target_logits_B_T=cut(scored.ref_logits_B_T),
+            student_topk_logprobs_B_T_K=forward.gathered_B_T_K,
+            student_argmax_B_T=forward.argmax_B_T,
+            **({} if teacher is None else teacher.cut(rows, width))), self.loss)
         self.engine.backward(out.loss, scale_wrt_gas=False)
         if self.engine.is_gradient_accumulation_boundary():
             self._grad_norm = self._unreported_grad_norm()

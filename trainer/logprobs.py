@@ -75,12 +75,18 @@ class TokenForward:
     # float32, with grad: the temperature-scaled logit of each sampled token, when asked for
     # (soft Q-learning: trainer/losses/soft_q.py)
     target_logits_B_T: torch.Tensor | None = None
+    # Distillation: the logprobs of given tokens per position (a teacher's top k), with grad,
+    # and the argmax token (no grad), when asked for.
+    gathered_B_T_K: torch.Tensor | None = None
+    argmax_B_T: torch.Tensor | None = None
 
 
 def forward_tokens(model, batch: MicroBatch, temperature: float, with_entropy: bool = False,
-                   with_logits: bool = False) -> TokenForward:
+                   with_logits: bool = False, gather_ids_B_T_K: torch.Tensor | None = None,
+                   with_argmax: bool = False) -> TokenForward:
     """The completion tokens' logprobs under `model` (and entropies, the sampled tokens' logits,
-    and values when `model` is a policy with a value head: trainer/value_head.py)."""
+    the logprobs of `gather_ids_B_T_K`, the argmax tokens, and values when `model` is a policy
+    with a value head: trainer/value_head.py)."""
     # The batch lives on the CPU; the model where DeepSpeed put it (CUDA on a GPU). Only the
     # per-token results come back (`.to` keeps the graph), so the losses run on the CPU.
     device = next(model.parameters()).device
@@ -109,7 +115,11 @@ def forward_tokens(model, batch: MicroBatch, temperature: float, with_entropy: b
     logp_all = scaled_log_softmax(rows, temperature)
     logprobs = logp_all.gather(-1, targets).squeeze(-1)
     entropy = _entropy(logp_all) if with_entropy else None
-    return TokenForward(logprobs.cpu(), entropy, values, target_logits)
+    gathered = None
+    if gather_ids_B_T_K is not None:
+        gathered = logp_all.gather(-1, gather_ids_B_T_K.to(device)).cpu()
+    argmax = logp_all.detach().argmax(-1).cpu() if with_argmax else None
+    return TokenForward(logprobs.cpu(), entropy, values, target_logits, gathered, argmax)
 
 
 @torch.no_grad()

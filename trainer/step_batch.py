@@ -22,6 +22,30 @@ from slipstream.trainer.losses import LossConfigBase
 
 
 @dataclass(frozen=True)
+class TeacherTensors:
+    """The step's teacher scores as (B, T[, K]) tensors (trainer/losses/base.py LossInputs)."""
+
+    logprobs_B_T: torch.Tensor         # 0 where unknown
+    known_B_T: torch.Tensor            # bool: a teacher scored this token
+    top1_B_T: torch.Tensor             # long: the teacher's best token, -1 where unknown
+    topk_ids_B_T_K: torch.Tensor | None    # top-k objectives only
+    topk_B_T_K: torch.Tensor | None
+    total_tokens: int                  # trained tokens a teacher scored
+    total_top1_tokens: int             # ... whose teacher top-1 is known
+
+    def cut(self, rows: slice, width: int) -> dict:
+        """The LossInputs fields of a micro-batch."""
+        def part(t):
+            return None if t is None else t[rows, :width]
+        return {"teacher_logprobs_B_T": part(self.logprobs_B_T),
+                "teacher_known_B_T": part(self.known_B_T),
+                "teacher_top1_B_T": part(self.top1_B_T),
+                "teacher_topk_logprobs_B_T_K": part(self.topk_B_T_K),
+                "total_teacher_tokens": self.total_tokens,
+                "total_top1_tokens": self.total_top1_tokens}
+
+
+@dataclass(frozen=True)
 class StepBatch:
     samples: tuple[Sample, ...]
     groups: tuple[range, ...]          # the rows of each group, in order
@@ -39,6 +63,7 @@ class StepBatch:
     # where proximal_known_B; None when no sample of the step is replayed.
     proximal_B_T: torch.Tensor | None = None
     proximal_known_B: torch.Tensor | None = None
+    teacher: TeacherTensors | None = None      # when the loss distils from a teacher
 
     @property
     def trained_B_T(self) -> torch.Tensor:
@@ -76,6 +101,8 @@ def build_step_batch(groups: Sequence[Group], pad_id: int, micro_batch_size: int
         sampler[b, :lengths[b]] = torch.tensor(s.sampler_logprobs_T, dtype=torch.float32)
     kept = mask if filtered is None else mask & ~filtered.unsqueeze(-1)
     proximal, known = _proximal_anchors(groups, mask)
+    teacher = _teacher_tensors(samples, kept, loss.distill.needs_topk) \
+        if loss.distill.enabled else None
     return StepBatch(
         samples=samples, groups=tuple(range(a, b) for a, b in zip(starts, starts[1:])),
         rewards_B=torch.tensor(rewards, dtype=torch.float64),
@@ -83,7 +110,32 @@ def build_step_batch(groups: Sequence[Group], pad_id: int, micro_batch_size: int
         filtered_B=filtered, mask_B_T=mask, sampler_B_T=sampler, micro=micro,
         total_tokens=int(kept.sum()), total_sequences=len(samples), max_tokens=max_tokens,
         reuse_B=tuple(g.reuse_count for g in groups for _ in g.samples),
-        proximal_B_T=proximal, proximal_known_B=known)
+        proximal_B_T=proximal, proximal_known_B=known, teacher=teacher)
+
+
+def _teacher_tensors(samples: Sequence[Sample], kept_B_T: torch.Tensor,
+                     with_topk: bool) -> TeacherTensors:
+    shape = tuple(kept_B_T.shape)
+    logprobs, known = torch.zeros(shape), torch.zeros(shape, dtype=torch.bool)
+    top1 = torch.full(shape, -1, dtype=torch.long)
+    k = max((len(s.teacher_topk_ids_T_K[0]) for s in samples if s.teacher_topk_ids_T_K),
+            default=1)
+    ids = torch.zeros(shape + (k,), dtype=torch.long) if with_topk else None
+    topk = torch.zeros(shape + (k,)) if with_topk else None
+    for b, s in enumerate(samples):
+        n = len(s.teacher_logprobs_T)
+        if not s.has_teacher or n == 0:
+            continue
+        logprobs[b, :n] = torch.tensor(s.teacher_logprobs_T, dtype=torch.float32)
+        known[b, :n] = True
+        if s.teacher_topk_ids_T_K:
+            top1[b, :n] = torch.tensor([row[0] for row in s.teacher_topk_ids_T_K])
+            if with_topk:
+                ids[b, :n] = torch.tensor(s.teacher_topk_ids_T_K)
+                topk[b, :n] = torch.tensor(s.teacher_topk_logprobs_T_K, dtype=torch.float32)
+    scored = known & kept_B_T
+    return TeacherTensors(logprobs, known, top1, ids, topk, int(scored.sum()),
+                          int((scored & (top1 >= 0)).sum()))
 
 
 def _proximal_anchors(groups: Sequence[Group], mask_B_T: torch.Tensor

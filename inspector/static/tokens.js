@@ -15,6 +15,10 @@ const Scales = (() => {
   const LAG_COLOURS = ["rgb(161, 217, 155)", "rgb(255, 237, 160)", "rgb(253, 174, 107)",
                        "rgb(227, 74, 51)"];
   const EXACT_ZERO = "rgb(255, 255, 255)";
+  // Pink to green, not the weight view's blue to red: the two diverging views must not be
+  // read for one another.
+  const PINK_GREEN = [[0, [197, 27, 125]], [0.5, [247, 247, 247]], [1, [77, 146, 33]]];
+  const NO_SCORE = "rgb(189, 189, 189)";
 
   function interpolate(stops, t) {
     const x = Math.min(1, Math.max(0, t));
@@ -45,6 +49,18 @@ const Scales = (() => {
     return interpolate(DIVERGING, (Math.log2(value) + 1) / 2);
   }
 
+  // teacher - student logprob in nats, signed and on log10 |gap| from 0.01 to 10 (a gap spans
+  // rounding noise to tokens the teacher all but forbids): |gap| <= 0.01 is white, positive
+  // (the teacher likes the token more than the student) green, negative pink. A NaN score is
+  // grey, off the scale, rather than a colour it would be mistaken for.
+  function teacherGap(value) {
+    if (typeof value !== "number" || Number.isNaN(value)) return NO_SCORE;
+    const magnitude = Math.abs(value);
+    if (magnitude <= 0.01) return interpolate(PINK_GREEN, 0.5);
+    const reach = Math.min(1, (Math.log10(magnitude) + 2) / 3);
+    return interpolate(PINK_GREEN, 0.5 + Math.sign(value) * reach / 2);
+  }
+
   // -sampler logprob in nats, linear from 0 to 10.
   function surprisal(value) { return interpolate(PURPLE, value / 10); }
 
@@ -62,6 +78,13 @@ const Scales = (() => {
     surprisal: {label: "surprisal -log p (sampler, nats)", value: (t) => t.surprisal,
                 colour: surprisal,
                 ticks: [[0, "0"], [2.5, "2.5"], [5, "5"], [7.5, "7.5"], [10, "≥10"]]},
+    // Offered only for a sample with teacher scores (views.js), so `t.teacher` is there.
+    teacher: {label: "teacher gap (teacher − student logprob)",
+              value: (t) => t.teacher ? t.teacher.gap : NaN, colour: teacherGap,
+              sign: "green: the teacher likes the token more than the student; " +
+                    "pink: less; white: within 0.01 nats",
+              ticks: [[-10, "≤−10"], [-1, "−1"], [-0.1, "−0.1"], [0, "0"], [0.1, "+0.1"],
+                      [1, "+1"], [10, "≥+10"], [NaN, "no score (NaN)"]]},
   };
 
   function luminance(rgb) {
@@ -69,13 +92,26 @@ const Scales = (() => {
     return 0.2126 * r + 0.7152 * g + 0.0722 * b;
   }
 
-  return {gap, weight, surprisal, lag, MODES, luminance, EXACT_ZERO};
+  return {gap, weight, surprisal, lag, teacherGap, MODES, luminance, EXACT_ZERO};
 })();
 
 const TokenView = (() => {
+  // A token's teacher numbers from the record's `teacher_view` (inspector/teacher.py, which
+  // computed the gap and checked every field), never from the raw teacher fields.
+  function teacherOf(view, i) {
+    return {
+      logprob: view.teacher_T[i], student: view.student_T[i], source: view.student,
+      gap: view.gap_T[i], top1: view.top1_T ? view.top1_T[i] : undefined,
+      top1Logprob: view.top1_logprob_T ? view.top1_logprob_T[i] : null,
+      members: view.members.map((m) => [m.name, m.weight, m.logprobs_T[i]]),
+      membersLeftOut: view.members_left_out,
+    };
+  }
+
   // One record per token with every number the view shows; `masked` tokens are drawn apart.
   function tokensOf(record) {
     const s = record.sample;
+    const view = record.teacher_view && record.teacher_view.available ? record.teacher_view : null;
     const n = s.sampler_logprobs_T.length;
     const texts = s.token_texts_T && s.token_texts_T.length === n ? s.token_texts_T : null;
     const own = record.own_version_logprobs_T || null;
@@ -94,6 +130,7 @@ const TokenView = (() => {
         reason: (record.mask_reasons_T || [])[i] || "",
         version: s.versions_T[i], lag: record.learner_version - s.versions_T[i],
         own: own ? own[i] : null,
+        teacher: view ? teacherOf(view, i) : null,
       });
     }
     return tokens;
@@ -120,6 +157,29 @@ const TokenView = (() => {
       ["surprisal (nats)", fmt(token.surprisal)],
     ];
     if (token.own !== null) rows.push(["own-version trainer logprob", fmt(token.own)]);
+    if (token.teacher) rows.push(...teacherDetails(token));
+    return rows;
+  }
+
+  function teacherDetails(token) {
+    const t = token.teacher;
+    const leaning = t.gap > 0 ? " (the teacher likes it more)"
+      : t.gap < 0 ? " (the teacher likes it less)" : t.gap === 0 ? " (equal)" : "";
+    const rows = [["teacher logprob", fmt(t.logprob)],
+                  [`student logprob (${t.source})`, fmt(t.student)],
+                  ["teacher gap (teacher − student)", fmt(t.gap) + leaning]];
+    if (t.top1 !== undefined) {
+      const which = t.top1 === null ? "—" : `id ${t.top1}` +
+        (t.top1 === token.id ? " (the generated token)" : " (not the generated token)") +
+        (t.top1Logprob === null ? "" : `, logprob ${fmt(t.top1Logprob)}`);
+      rows.push(["teacher top-1", which]);
+    }
+    // Member names are user strings: shown as text, control and bidi characters escaped.
+    for (const [name, weight, logprob] of t.members) {
+      rows.push([`member ${visible(name)}` + (weight === null ? "" : ` (weight ${fmt(weight)})`),
+                 fmt(logprob)]);
+    }
+    if (t.membersLeftOut) rows.push(["members not shown", String(t.membersLeftOut)]);
     return rows;
   }
 
@@ -187,6 +247,7 @@ const TokenView = (() => {
     bar.className = "swatch vmark";
     mark.append(bar, document.createTextNode("weight version changes"));
     items.push(masked, mark);
+    if (scale.sign) items.push(h("span", {class: "legend-sign", text: scale.sign}));
     if (versionsPresent) {
       const note = document.createElement("span");
       note.className = "legend-note";

@@ -21,6 +21,42 @@ const Views = (() => {
       h("tr", {}, h("th", {text: label}), h("td", {text: value}))));
   }
 
+  // Who scored a distillation sample, from its checked `teacher_view` (inspector/teacher.py);
+  // nothing for a sample no teacher was asked about. Ids and errors are user strings.
+  function teacherChips(view) {
+    if (!view) return [];
+    const failed = typeof view.error === "string";
+    if (!view.id && !failed && !view.available && !view.malformed) return [];
+    const pairs = [["teacher", view.id ? visible(view.id) : "—"]];
+    if (typeof view.version === "number") pairs.push(["teacher version", String(view.version)]);
+    if (failed) pairs.push(["teacher error", visible(view.error), "bad"]);
+    if (view.available) pairs.push(["mean teacher gap", short(view.mean_gap)]);
+    else pairs.push(["teacher scores", view.malformed ? "malformed" : "none", "bad"]);
+    return pairs;
+  }
+
+  // The colour modes this sample offers: the teacher gap only where a teacher scored it, so a
+  // sample without scores is never drawn as a flat, all-zero teacher colouring. Asked for one
+  // anyway (a shared URL, the next sample of a run), the page says why and shows the gap view.
+  function colourChoice(record, params) {
+    const view = record.teacher_view;
+    const modes = view && view.available ? [...MODES, "teacher"] : MODES;
+    const mode = modes.includes(params.color) ? params.color : "gap";
+    const choices = options(modes.map((m) => [m, Scales.MODES[m].label]), mode);
+    if (view && !view.available && (view.id || typeof view.error === "string" || view.malformed)) {
+      choices.push(h("option", {value: "teacher", disabled: "", title: view.reason,
+                                text: "teacher gap (no teacher scores in this sample)"}));
+    }
+    const modeSelect = h("select", {id: "color-mode", onchange: (e) => navigate({...params, color: e.target.value})},
+                         ...choices);
+    const missing = params.color === "teacher" && mode !== "teacher"
+      ? h("div", {class: "banner warn", id: "teacher-missing",
+                  text: `${view ? view.reason : "No teacher scores for this sample."} ` +
+                        "Showing the gap |trainer - sampler| instead."})
+      : null;
+    return {mode, modeSelect, missing};
+  }
+
   async function sample(section, params) {
     let record;
     try {
@@ -31,7 +67,6 @@ const Views = (() => {
     }
     if (!record) { notFound(section, `sample ${params.id || "?"} at step ${params.step || "?"}`); return; }
     const s = record.sample;
-    const mode = MODES.includes(params.color) ? params.color : "gap";
     const versions = [...new Set(s.versions_T)].sort((a, b) => a - b);
     const header = h("h2", {}, "sample ", h("code", {text: s.sample_id}), " · step ",
                      String(record.step), " · group ", link(s.group_id, {view: "group", id: s.group_id}));
@@ -43,9 +78,8 @@ const Views = (() => {
       ["tokens", String(s.completion_ids_T.length)], ["learner version", String(record.learner_version)],
       ["weight versions", versions.map((v) => `v${v}`).join(", ")],
       ["staleness", String(record.learner_version - (versions.length ? versions[0] : record.learner_version))],
-      ["reuse", String(record.reuse_count ?? 0)]]);
-    const modeSelect = h("select", {id: "color-mode", onchange: (e) => navigate({...params, color: e.target.value})},
-                         ...options(MODES.map((m) => [m, Scales.MODES[m].label]), mode));
+      ["reuse", String(record.reuse_count ?? 0)], ...teacherChips(record.teacher_view)]);
+    const {mode, modeSelect, missing} = colourChoice(record, params);
     const legend = h("div", {class: "legend", id: "legend"});
     const tokensBox = h("div", {class: "tokens", id: "tokens"});
     const panel = h("div", {class: "token-detail", id: "token-detail"},
@@ -74,7 +108,8 @@ const Views = (() => {
     const timing = h("p", {class: "hint", id: "render-time",
                            text: `${tokens.length} tokens drawn in ${elapsed.toFixed(1)} ms`});
     section.replaceChildren(header, meta,
-      h("div", {class: "toolbar"}, h("label", {}, "colour by ", modeSelect)), legend,
+      h("div", {class: "toolbar"}, h("label", {}, "colour by ", modeSelect)),
+      ...(missing ? [missing] : []), legend,
       h("div", {class: "token-layout"}, tokensBox, panel), timing,
       textBlock("prompt", s.prompt_text), textBlock("completion text", s.completion_text));
   }

@@ -4,6 +4,9 @@
     decoupled_ppo  m2po  topr                                        off-policy, for stale and
                                                                      replayed data
     soft_q                                                           value-based (soft_q.py)
+    distill                                                          on-policy distillation
+                                                                     (on_policy_distill.py; any
+                                                                     recipe's `distill` section)
 
 A recipe is a config class (one module each: grpo.py, dapo.py, ...) whose docstring holds its
 formula and paper. Its fields choose among the shared pieces (config.py): the advantage
@@ -33,7 +36,9 @@ from slipstream.trainer.losses.decoupled_ppo import DecoupledPPOLossConfig
 from slipstream.trainer.losses.dr_grpo import DrGRPOLossConfig
 from slipstream.trainer.losses.grpo import GRPOLossConfig
 from slipstream.trainer.losses.gspo import GSPOLossConfig
+from slipstream.trainer.losses.distill import DistillConfig
 from slipstream.trainer.losses.m2po import M2POLossConfig
+from slipstream.trainer.losses.on_policy_distill import DistillLossConfig
 from slipstream.trainer.losses.policy import policy_loss
 from slipstream.trainer.losses.ppo import PPOLossConfig
 from slipstream.trainer.losses.reinforce_pp import ReinforcePPLossConfig
@@ -43,7 +48,7 @@ from slipstream.trainer.losses.topr import TOPRLossConfig
 
 _RECIPES = (GRPOLossConfig, DrGRPOLossConfig, DAPOLossConfig, GSPOLossConfig, CISPOLossConfig,
             RLOOLossConfig, ReinforcePPLossConfig, PPOLossConfig, DecoupledPPOLossConfig,
-            M2POLossConfig, TOPRLossConfig, SoftQLossConfig)
+            M2POLossConfig, TOPRLossConfig, SoftQLossConfig, DistillLossConfig)
 
 
 def recipe_kind(recipe: type) -> str:
@@ -75,7 +80,8 @@ def compute_loss(inputs: LossInputs, config: LossConfigBase) -> LossOutput:
 
 
 __all__ = ["KINDS", "MASK_REASONS", "MASKING_REASONS", "CISPOLossConfig", "CorrectionConfig",
-           "DAPOLossConfig", "DecoupledPPOLossConfig", "DrGRPOLossConfig", "GRPOLossConfig",
+           "DAPOLossConfig", "DecoupledPPOLossConfig", "DistillConfig",
+           "DistillLossConfig", "DrGRPOLossConfig", "GRPOLossConfig",
            "GSPOLossConfig", "KLConfig", "LossConfig", "LossConfigBase", "LossInputs",
            "LossOutput", "M2POLossConfig", "PPOLossConfig", "RLOOLossConfig",
            "ReinforcePPLossConfig", "SoftQLossConfig", "TOPRLossConfig", "compute_loss",

@@ -57,6 +57,19 @@ class LossInputs:
     # grad, and the reference model's (no grad).
     target_logits_B_T: Tensor | None = None
     ref_target_logits_B_T: Tensor | None = None
+    # Distillation (distill.py): the teacher's logprob of each sampled token, valid where
+    # `teacher_known_B_T`; for the top-k objectives the teacher's top-k logprobs and the
+    # student's logprobs of the same tokens (with grad); for `distill/agree_frac` the teacher's
+    # top-1 token (-1: unknown) and the student's argmax. The totals count the whole step's
+    # tokens that have a teacher score, and a teacher top-1.
+    teacher_logprobs_B_T: Tensor | None = None
+    teacher_known_B_T: Tensor | None = None
+    teacher_topk_logprobs_B_T_K: Tensor | None = None
+    student_topk_logprobs_B_T_K: Tensor | None = None
+    teacher_top1_B_T: Tensor | None = None
+    student_argmax_B_T: Tensor | None = None
+    total_teacher_tokens: int = 0
+    total_top1_tokens: int = 0
 
     def __post_init__(self) -> None:
         # A (B,) vs (B, 1) slip broadcasts silently into a (B, B) loss; fail loudly instead.
@@ -69,15 +82,28 @@ class LossInputs:
                   "returns_B_T": self.returns_B_T,
                   "proximal_logprobs_B_T": self.proximal_logprobs_B_T,
                   "target_logits_B_T": self.target_logits_B_T,
-                  "ref_target_logits_B_T": self.ref_target_logits_B_T}
+                  "ref_target_logits_B_T": self.ref_target_logits_B_T,
+                  "teacher_logprobs_B_T": self.teacher_logprobs_B_T,
+                  "teacher_known_B_T": self.teacher_known_B_T,
+                  "teacher_top1_B_T": self.teacher_top1_B_T,
+                  "student_argmax_B_T": self.student_argmax_B_T}
         for name, tensor in others.items():
             if tensor is not None and tuple(tensor.shape) != shape:
                 raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {shape}")
+        for name in ("teacher_topk_logprobs_B_T_K", "student_topk_logprobs_B_T_K"):
+            tensor = getattr(self, name)
+            if tensor is not None and tuple(tensor.shape[:2]) != shape:
+                raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {shape} + (K,)")
         if self.mask_B_T.dtype != torch.bool:
             raise ValueError(f"mask_B_T must be bool, got {self.mask_B_T.dtype}")
         if self.filtered_B is not None and tuple(self.filtered_B.shape) != shape[:1]:
             raise ValueError(f"filtered_B has shape {tuple(self.filtered_B.shape)}, "
                              f"expected {shape[:1]}")
+
+    def share_of(self, values_B_T: Tensor, where_B_T: Tensor, total: int) -> Tensor:
+        """This micro-batch's share of the mean of `values` over the step's tokens `where`
+        (`total` of them): for figures over a subset, such as the tokens a teacher scored."""
+        return masked(values_B_T, where_B_T & self.trained_B_T).sum() / max(total, 1)
 
     def proximal(self, current_B_T: Tensor) -> Tensor:
         """The proximal anchor per token (no gradient): the stored logprobs of the policy that

@@ -14,6 +14,8 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from slipstream.trainer.losses.distill import DistillConfig
+
 GroupAdvantage = Literal["group_std", "group_center", "leave_one_out", "group_batch_norm"]
 Objective = Literal["ppo_clip", "gspo", "cispo", "ratio", "topr"]
 Aggregation = Literal["token_mean", "sequence_mean", "constant"]
@@ -83,6 +85,7 @@ class LossConfigBase(_Section):
     # `--trainer.loss.correction.icepop true` adds IcePop to decoupled_ppo's TIS instead of
     # replacing the recipe's whole correction section with the plain defaults.
     CORRECTION_DEFAULTS: ClassVar[dict[str, object]] = {}
+    DISTILL_DEFAULTS: ClassVar[dict[str, object]] = {}    # the same for the distill section
 
     kind: str
     advantage: GroupAdvantage = Field("group_std", description=(
@@ -119,15 +122,20 @@ class LossConfigBase(_Section):
     overlong_buffer_tokens: int = Field(16, ge=1, description=(
         "Length of the soft penalty zone before the completion limit (shape)."))
     overlong_penalty: float = Field(1.0, ge=0, description="Penalty at the limit (shape).")
+    distill: DistillConfig = Field(default_factory=DistillConfig, description=(
+        "Distillation from the run's teacher (trainer/losses/distill.py), beside the task "
+        "reward; any recipe can take it, `distill` is the recipe made for it."))
 
     @model_validator(mode="before")
     @classmethod
-    def _recipe_corrections(cls, data: object) -> object:
-        if not cls.CORRECTION_DEFAULTS or not isinstance(data, dict):
+    def _recipe_sections(cls, data: object) -> object:
+        if not isinstance(data, dict):
             return data
-        given = data.get("correction", {})
-        if isinstance(given, dict):
-            data = {**data, "correction": {**cls.CORRECTION_DEFAULTS, **given}}
+        for name, defaults in (("correction", cls.CORRECTION_DEFAULTS),
+                               ("distill", cls.DISTILL_DEFAULTS)):
+            given = data.get(name, {})
+            if defaults and isinstance(given, dict):
+                data = {**data, name: {**defaults, **given}}
         return data
 
     @property

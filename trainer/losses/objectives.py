@@ -80,13 +80,18 @@ def ratio(logp: Tensor, anchor: Tensor, advantages_B_T: Tensor, mask_B_T: Tensor
     return -torch.exp(logp - anchor) * advantages_B_T, torch.zeros_like(mask_B_T)
 
 
+def topr_weight(log_ratio_B_T: Tensor, advantages_B_T: Tensor, mask_B_T: Tensor) -> Tensor:
+    """TOPR's per-token weight (no gradient): 1 on tokens of positive advantage, the sequence's
+    ratio truncated at 1 on negative ones."""
+    sequence_log_ratio_B = masked(log_ratio_B_T, mask_B_T).detach().sum(-1, keepdim=True)
+    tapered = torch.exp(sequence_log_ratio_B.clamp(max=0.0)).expand_as(log_ratio_B_T)
+    return torch.where(advantages_B_T < 0, tapered, torch.ones_like(log_ratio_B_T))
+
+
 def topr(logp: Tensor, anchor: Tensor, advantages_B_T: Tensor, mask_B_T: Tensor,
          cfg: LossConfigBase) -> tuple[Tensor, Tensor]:
-    sequence_log_ratio_B = masked(logp - anchor, mask_B_T).detach().sum(-1, keepdim=True)
-    negative = advantages_B_T < 0
-    tapered = torch.exp(sequence_log_ratio_B.clamp(max=0.0)).expand_as(logp)
-    weight = torch.where(negative, tapered, torch.ones_like(logp))
-    return -weight * advantages_B_T * logp, negative & (weight < 1) & mask_B_T
+    weight = topr_weight(logp - anchor, advantages_B_T, mask_B_T)
+    return -weight * advantages_B_T * logp, (advantages_B_T < 0) & (weight < 1) & mask_B_T
 
 
 OBJECTIVES: dict[str, ObjectiveFn] = {"ppo_clip": ppo_clip, "gspo": gspo, "cispo": cispo,

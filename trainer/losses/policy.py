@@ -1,7 +1,7 @@
 """One micro-batch's loss from a recipe's pieces:
 
     rho-corrections -> anchor -> objective per token -> x weight, masks -> aggregation
-                    + KL in the loss (optional) + value loss (ppo)
+                    + KL in the loss (optional) + value loss (ppo) + a teacher's term (distill.py)
 
     loss = agg_keep(w_t * l_t) + kl.coef * agg_trained(KL_t) + value_coef * agg_trained(Lv_t)
 
@@ -30,8 +30,9 @@ from slipstream.trainer.losses.base import (MASK_PRIORITY, MASK_REASONS, LossInp
                                             aggregate, masked, token_mean)
 from slipstream.trainer.losses.config import LossConfigBase
 from slipstream.trainer.losses.corrections import Correction, correct, m2_mask
+from slipstream.trainer.losses.distill import distill_terms, mixed_advantages
 from slipstream.trainer.losses.kl import kl_estimate
-from slipstream.trainer.losses.objectives import OBJECTIVES
+from slipstream.trainer.losses.objectives import OBJECTIVES, topr_weight
 
 
 def policy_loss(inputs: LossInputs, cfg: LossConfigBase) -> LossOutput:
@@ -45,6 +46,11 @@ def policy_loss(inputs: LossInputs, cfg: LossConfigBase) -> LossOutput:
     sampler = masked(inputs.sampler_logprobs_B_T, real)
     advantages = masked(inputs.advantages_B_T, real)
     proximal = masked(inputs.proximal(logp), real)
+    if cfg.distill.enabled:
+        if inputs.teacher_logprobs_B_T is None or inputs.teacher_known_B_T is None:
+            raise ValueError("trainer.loss.distill.coef > 0 needs teacher scores "
+                             "(--teacher.kind model|self|ensemble|debate)")
+        advantages = mixed_advantages(inputs, cfg.distill, proximal)
     fix = correct(proximal, sampler, real, cfg.correction) if cfg.correction.active else None
     anchor = proximal if fix is not None else sampler
     per_token, changed = OBJECTIVES[cfg.objective](logp, anchor, advantages, real, cfg)
@@ -58,6 +64,18 @@ def policy_loss(inputs: LossInputs, cfg: LossConfigBase) -> LossOutput:
     policy = aggregate(per_token, keep, inputs, cfg.aggregation)
     loss = policy
     stats: dict[str, Tensor] = {"loss/policy": policy.detach()}
+    if cfg.distill.enabled:
+        weight = None if fix is None else fix.weight_B_T
+
+        def objective_at(advantages_B_T: Tensor) -> Tensor:
+            values, _ = OBJECTIVES[cfg.objective](logp.detach(), anchor, advantages_B_T, real,
+                                                  cfg)
+            return values if weight is None else values * weight
+
+        term, distill_stats = distill_terms(inputs, cfg.distill, objective_at, logp, keep,
+                                            weight, cfg.aggregation)
+        loss = loss if term is None else loss + term
+        stats |= distill_stats
     with torch.no_grad():
         importance = torch.exp(logp - sampler)
         stats["loss/clip_frac"] = token_mean(changed.float(), inputs)
@@ -114,9 +132,7 @@ def _objective_weight(log_ratio: Tensor, changed: Tensor, inputs: LossInputs,
     """The weight the objective put on each token's gradient, against its anchor."""
     mask = inputs.mask_B_T
     if cfg.objective == "topr":
-        sequence_B = log_ratio.sum(-1, keepdim=True).clamp(max=0.0)
-        tapered = torch.exp(sequence_B).expand_as(log_ratio)
-        return torch.where(inputs.advantages_B_T < 0, tapered, torch.ones_like(log_ratio))
+        return topr_weight(log_ratio, inputs.advantages_B_T, mask)
     if cfg.objective == "gspo":
         tokens_B = mask.sum(-1, keepdim=True).clamp(min=1)
         log_ratio = (log_ratio.sum(-1, keepdim=True) / tokens_B).expand_as(log_ratio)

@@ -1,0 +1,70 @@
+"""Starting the run's teachers: one `TeacherActor` (rollout/teacher_actor.py) per distinct frozen
+checkpoint among the teacher's members, shared by every rollout worker, with its vocabulary
+checked against the student's before any actor starts."""
+
+from __future__ import annotations
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from slipstream.errors import SlipstreamError, one_line
+from slipstream.launch.config import RunConfig
+from slipstream.launch.models import resolve_model
+from slipstream.model_config import ModelConfig
+from slipstream.rollout.teacher_actor import TeacherActor, vocabulary_signature
+from slipstream.rollout.teachers import context_function
+
+
+def teacher_paths(config: RunConfig, student: ModelConfig) -> dict[str, list[str]]:
+    """Resolved checkpoint -> the members scoring with it. A frozen self-teacher is the student's
+    starting checkpoint; a live one scores on the workers' engines and needs no actor."""
+    paths: dict[str, list[str]] = {}
+    for member in config.teacher.resolved_members:
+        if member.source == "self":
+            if member.weights == "live":
+                continue
+            path = student.path
+        else:
+            try:
+                path = resolve_model(member.path)
+            except SlipstreamError as error:
+                raise SlipstreamError(f"teacher {member.name}: {error}") from None
+        paths.setdefault(path, []).append(member.name)
+    return paths
+
+
+def check_teachers(config: RunConfig, student: ModelConfig) -> None:
+    """What can fail before any actor starts, in one line: a teacher path that does not exist,
+    a context function that cannot be imported."""
+    from transformers import AutoTokenizer
+
+    paths = teacher_paths(config, student)
+    for member in config.teacher.resolved_members:
+        context_function(member.context)
+    expected = vocabulary_signature(AutoTokenizer.from_pretrained(student.path))
+    for path, names in paths.items():
+        signature = vocabulary_signature(AutoTokenizer.from_pretrained(path))
+        if signature != expected:
+            raise SlipstreamError(
+                f"teacher {', '.join(names)} ({path}) has another vocabulary than the student "
+                f"({signature[0]} tokens against {expected[0]}, or the same count numbered "
+                "differently): distillation compares token ids, so the teacher needs the "
+                "student's tokenizer")
+
+
+def start_teachers(config: RunConfig, student: ModelConfig) -> tuple[dict, list]:
+    """(member name -> actor handle, every actor), started (`check_teachers` ran first)."""
+    paths = teacher_paths(config, student)
+    if not paths:
+        return {}, []
+    actors = {path: TeacherActor.options(num_cpus=0).remote(
+        student.model_copy(update={"path": path}), config.teacher.kv_cache_gb, config.seed,
+        config.deterministic) for path in paths}
+    for path, actor in actors.items():
+        try:
+            ray.get(actor.start.remote(), timeout=600)
+        except (RayTaskError, RayActorError) as error:
+            raise SlipstreamError(f"teacher {', '.join(paths[path])} ({path}) failed to start: "
+                                  f"{one_line(error)}") from None
+    handles = {name: actors[path] for path, names in paths.items() for name in names}
+    return handles, list(actors.values())
