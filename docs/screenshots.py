@@ -3,6 +3,7 @@ run (or on a run directory given as an argument).
 
     python docs/screenshots.py                 # the demo run -> docs/inspector-*.png
     python docs/screenshots.py runs/qs --prefix inspector-real
+    python docs/screenshots.py runs/distill --prefix inspector-distill --only tokens-teacher
 """
 
 from __future__ import annotations
@@ -44,7 +45,17 @@ def views(store: RunStore) -> list[tuple[str, str, str | None]]:
             ("tokens-weight", f"view=sample&id={spanning['id']}&step={spanning['step']}"
                               "&color=weight", None),
             ("group", f"view=group&id={group}", None),
-            ("buffer", "view=buffer", None)]
+            ("buffer", "view=buffer", None)] + _teacher_view(store, rows)
+
+
+def _teacher_view(store: RunStore, rows: list[dict]) -> list[tuple[str, str, str | None]]:
+    """A distillation run's teacher-gap colouring, on its longest sample a teacher scored."""
+    for row in sorted(rows, key=lambda r: -r["len"])[:50]:
+        record = store.sample(row["id"], row["step"])
+        if record is not None and record["teacher_view"].get("available"):
+            return [("tokens-teacher", f"view=sample&id={row['id']}&step={row['step']}"
+                                       "&color=teacher", "0")]
+    return []
 
 
 def shoot(page, url: str, path: Path, hover: str | None = None) -> None:
@@ -64,6 +75,7 @@ def main() -> None:
     parser.add_argument("run", nargs="?", help="a run directory (default: a fresh demo run)")
     parser.add_argument("--prefix", default="inspector")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--only", help="one view by name (e.g. tokens-teacher)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run) if args.run else demo.make_demo_run(Path(tmp) / "demo")
@@ -74,16 +86,19 @@ def main() -> None:
             browser = playwright.chromium.launch(executable_path=args.chromium, args=ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 860})
             for name, fragment, hover in views(store):
+                if args.only and name != args.only:
+                    continue
                 shoot(page, f"{server.url}#{fragment}", DOCS / f"{args.prefix}-{name}.png", hover)
-            if not args.run:
+            if not args.run and not args.only:
                 det = demo.make_demo_run(Path(tmp) / "deterministic", deterministic=True)
                 det_server = InspectorServer(RunStore(det), "127.0.0.1", 0, allow_remote=False)
                 threading.Thread(target=det_server.serve_forever, daemon=True).start()
                 shoot(page, f"{det_server.url}#view=samples&sort=max_gap&desc=1",
                       DOCS / f"{args.prefix}-deterministic.png")
             export, _, _ = export_html(store, Path(tmp) / "export.html", parse_query({}))
-            shoot(page, export.resolve().as_uri() + "#view=overview",
-                  DOCS / f"{args.prefix}-export.png")
+            if not args.only:
+                shoot(page, export.resolve().as_uri() + "#view=overview",
+                      DOCS / f"{args.prefix}-export.png")
             browser.close()
         server.shutdown()
 

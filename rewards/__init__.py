@@ -6,15 +6,14 @@ function `"package.module:function"` with the same signature, for a reward of on
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from slipstream.errors import SlipstreamError
 from slipstream.rewards.math_verify import math_verify_reward
 from slipstream.rewards.runner import RewardResult, RewardRunner
+from slipstream.user_code import import_function
 
 _TIMEOUT = Field(5.0, gt=0, description=(
     "Seconds one completion may take to score; past it, it scores 0 and counts as an error."))
@@ -50,15 +49,7 @@ def build_reward(config: RewardConfig) -> Callable[[str, str], float]:
     if config.kind == "math_verify":
         return math_verify_reward
     if config.kind == "python":
-        module_name, function_name = config.function.split(":")
-        try:
-            function = getattr(importlib.import_module(module_name), function_name)
-        except (ImportError, AttributeError) as error:
-            raise SlipstreamError(f"reward.function {config.function!r} cannot be imported: "
-                                  f"{error}") from None
-        if not callable(function):
-            raise SlipstreamError(f"reward.function {config.function!r} is not callable")
-        return function
+        return import_function(config.function, "reward.function")
     raise ValueError(f"unknown reward kind {config.kind!r}")
 
 

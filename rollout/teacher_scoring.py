@@ -55,6 +55,15 @@ class _ActorEngine:
         return await self._actor.generate.remote(prompt_ids, max_tokens, seed, request_id)
 
 
+def _engine_for(member: TeacherMember, actors: Mapping[str, object], own_engine):
+    """A live self-teacher scores on the worker's own engine; every other member on its actor."""
+    if member.source == "self" and member.weights == "live":
+        return _OwnEngine(own_engine)
+    if member.name not in actors:
+        raise SlipstreamError(f"{member_label(member)} has no teacher actor")
+    return _ActorEngine(actors[member.name])
+
+
 @dataclass
 class _MemberResult:
     """One member's view of a group, per sample: its scores (None: none), why none, the tokens
@@ -77,8 +86,7 @@ class GroupTeacher:
         """`actors`: member name -> TeacherActor handle (live self-teachers have none)."""
         self.config, self._tokenizer, self._seed = config, tokenizer, seed
         self.members = config.resolved_members
-        self._engines = {m.name: (_ActorEngine(actors[m.name]) if m.name in actors
-                                  else _OwnEngine(own_engine)) for m in self.members}
+        self._engines = {m.name: _engine_for(m, actors, own_engine) for m in self.members}
         self._contexts = {m.name: context_function(m.context) for m in self.members}
         self._dead: set[str] = set()
         self.errors = 0              # member failures skipped under on_failure=continue

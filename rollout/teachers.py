@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 
 from slipstream.buffer.records import Group, Sample
 from slipstream.envs import Prompt
-from slipstream.errors import SlipstreamError
+from slipstream.user_code import import_function
 from slipstream.rollout.engine_api import TokenScores
 from slipstream.rollout.teacher_config import TeacherConfig, TeacherMember
 
@@ -64,15 +63,7 @@ def context_function(name: str) -> ContextFn:
     """A built-in context by name, or 'module:function' imported (a clear error if it is not)."""
     if name in _BUILT_IN:
         return _BUILT_IN[name]
-    module_name, _, attr = name.partition(":")
-    try:
-        function = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as error:
-        raise SlipstreamError(f"teacher context {name!r} cannot be imported: "
-                              f"{type(error).__name__}: {error}") from None
-    if not callable(function):
-        raise SlipstreamError(f"teacher context {name!r} is not callable")
-    return function
+    return import_function(name, "teacher context")
 
 
 def teacher_prompt(prompt: Prompt, context: str) -> Prompt:

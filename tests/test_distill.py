@@ -314,6 +314,13 @@ def test_teacher_metrics_by_hand():
                                      total_top1=1), cfg)
     assert out.metrics["kl/teacher"] == pytest.approx((0.5 - 1.0) / 2, abs=1e-6)
     assert out.metrics["distill/agree_frac"] == pytest.approx(1.0, abs=1e-6)
+    # Figures over no token are left out, not written as 0: no teacher top-1 anywhere (a product
+    # of experts), and no token scored at all (every member failed).
+    no_top1 = compute_loss(metrics_batch(total_top1=0), cfg).metrics
+    assert "distill/agree_frac" not in no_top1 and "kl/teacher" in no_top1
+    nothing = compute_loss(metrics_batch(total_teacher=0, total_top1=0), cfg).metrics
+    assert not {"kl/teacher", "kl/teacher_k3", "distill/agree_frac"} & nothing.keys()
+    assert "loss/distill" in nothing
 
 
 # ------------------------------------------------------------- rollout/teachers.py, pure parts

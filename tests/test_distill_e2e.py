@@ -114,7 +114,8 @@ def test_a_raising_context_stops_the_run_with_one_line(tiny_model, tmp_path):
 def test_failures_are_counted_and_the_run_goes_on(tiny_model, other_model, tmp_path):
     """on_failure=continue: a context that raises on odd tickets leaves those samples unscored,
     and killing the teacher's actor after the first step leaves the rest unscored; the run ends
-    normally, every failure counted, the unscored samples training on the reward alone."""
+    normally, every failure counted, the unscored samples training on the reward alone. (With the
+    top-k forward KL and the task reward mixed in: the learner's top-k path, end to end.)"""
     out = tmp_path / "goes_on"
     killed = []
 
@@ -132,7 +133,8 @@ def test_failures_are_counted_and_the_run_goes_on(tiny_model, other_model, tmp_p
 
     result = launch("distill.py", tiny_model, out, "--steps", "4", "--buffer.max-lag", "1",
                     "--trainer.loss.kind", "distill", "--trainer.loss.distill.reward-weight",
-                    "1", "--teacher.kind", "model", "--teacher.path", other_model,
+                    "1", "--trainer.loss.distill.objective", "forward_kl_topk",
+                    "--teacher.topk", "4", "--teacher.kind", "model", "--teacher.path", other_model,
                     "--teacher.context", "teacher_contexts:raises_on_odd_tickets",
                     "--teacher.on-failure", "continue", while_running=kill_teacher_after_step_one)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -146,6 +148,11 @@ def test_failures_are_counted_and_the_run_goes_on(tiny_model, other_model, tmp_p
         errors
     assert any(r["sample"]["teacher_logprobs_T"] for r in rows)
     assert any(m["distill/scored_frac"] < 1.0 for m in metrics)
+    assert any(m["loss/rl"] != 0.0 for m in metrics)                  # reward weight 1
+    scored = [r for r in rows if r["sample"]["teacher_logprobs_T"]]
+    assert all(len(k) == 4 for r in scored for k in r["sample"]["teacher_topk_ids_T_K"])
+    assert any("distill/teacher_mass" in m and 0 < m["distill/teacher_mass"] <= 1
+               for m in metrics)
 
 
 def test_a_missing_teacher_and_a_foreign_vocabulary_are_refused(tiny_model, tmp_path):

@@ -116,7 +116,12 @@ def _expected_gap_colour(gap: float) -> str:
     """The documented gap scale (static/tokens.js): log10 |gap| from 1e-8 to 1 over three
     stops; computed here independently of the page."""
     stops = [(0.0, (255, 247, 188)), (0.5, (254, 153, 41)), (1.0, (153, 52, 4))]
-    t = min(1.0, max(0.0, (math.log10(abs(gap)) + 8) / 8))
+    return _on_scale(stops, min(1.0, max(0.0, (math.log10(abs(gap)) + 8) / 8)))
+
+
+def _on_scale(stops, t: float) -> str:
+    """The CSS colour at position t of a piecewise-linear scale of (position, rgb) stops, rounded
+    as the page rounds."""
     for (p0, c0), (p1, c1) in zip(stops, stops[1:]):
         if t <= p1:
             f = (t - p0) / (p1 - p0)
@@ -131,13 +136,7 @@ def _expected_teacher_colour(gap: float) -> str:
     white, computed here independently of the page."""
     stops = [(0.0, (197, 27, 125)), (0.5, (247, 247, 247)), (1.0, (77, 146, 33))]
     reach = 0.0 if abs(gap) <= 0.01 else min(1.0, (math.log10(abs(gap)) + 2) / 3)
-    t = 0.5 + math.copysign(reach, gap) / 2
-    for (p0, c0), (p1, c1) in zip(stops, stops[1:]):
-        if t <= p1:
-            f = (t - p0) / (p1 - p0)
-            r, g, b = (math.floor(a + (b_ - a) * f + 0.5) for a, b_ in zip(c0, c1))
-            return f"rgb({r}, {g}, {b})"
-    raise AssertionError("unreachable")
+    return _on_scale(stops, 0.5 + math.copysign(reach, gap) / 2)
 
 
 def _tooltip_of(guarded, token) -> dict[str, str]:

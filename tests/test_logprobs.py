@@ -55,6 +55,26 @@ def test_only_the_completion_rows_get_logits_and_every_row_is_right(tiny, temper
             assert torch.allclose(forward.entropy_B_T[b, :n], entropy, atol=1e-4)
 
 
+def test_the_logprobs_of_given_tokens_and_the_argmax_for_distillation(tiny):
+    """A teacher's top-k ids per position are gathered from the student's own distribution
+    (with grad), and its argmax comes back for distill/agree_frac."""
+    samples = [make_sample(prompt_ids=(5, 6, 7), versions=(0, 0, 0)),
+               make_sample(prompt_ids=(5, 6), versions=(0, 0))]
+    batch = collate(samples, pad_id=0)
+    ids_B_T_K = torch.tensor([[[1, 2], [3, 4], [5, 6]], [[7, 8], [9, 10], [0, 0]]])
+    forward = forward_tokens(tiny, batch, 1.0, gather_ids_B_T_K=ids_B_T_K, with_argmax=True)
+    assert forward.gathered_B_T_K.requires_grad
+    for b, sample in enumerate(samples):
+        ids = torch.tensor([list(sample.prompt_ids + sample.completion_ids_T)])
+        with torch.no_grad():
+            rows = torch.log_softmax(tiny(input_ids=ids).logits[0].float(), -1)[
+                len(sample.prompt_ids) - 1:-1]
+        n = len(sample.completion_ids_T)
+        assert torch.allclose(forward.gathered_B_T_K[b, :n].detach(),
+                              rows.gather(-1, ids_B_T_K[b, :n]), atol=1e-5)
+        assert forward.argmax_B_T[b, :n].tolist() == rows.argmax(-1).tolist()
+
+
 def k3(log_ratio: float) -> float:
     """k3 = e^x - x - 1, by hand."""
     return math.exp(log_ratio) - log_ratio - 1

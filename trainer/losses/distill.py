@@ -114,11 +114,18 @@ def distill_terms(inputs: LossInputs, cfg: DistillConfig, per_token: Callable[[T
     student = logp_B_T.detach()
     total = inputs.total_teacher_tokens
     log_ratio = inputs.teacher_logprobs_B_T - student
-    # k1 (Thinking Machines' teacher_kl; may dip below 0 on a batch) and k3 (>= 0, lower variance)
-    stats = {"kl/teacher": inputs.share_of(-log_ratio, known, total),
-             "kl/teacher_k3": inputs.share_of(torch.expm1(log_ratio) - log_ratio, known, total),
-             "distill/teacher_logprob": inputs.share_of(inputs.teacher_logprobs_B_T, known, total)}
-    if inputs.teacher_top1_B_T is not None and inputs.student_argmax_B_T is not None:
+    stats: dict[str, Tensor] = {}
+    # A figure over no token is left out, not written as 0 (every sample's teacher failed; a
+    # product of experts has no top-1). The totals are the whole step's, so every micro-batch
+    # writes the same keys.
+    if total:
+        # k1 (Thinking Machines' teacher_kl; may dip below 0 on a batch) and k3 (>= 0)
+        stats["kl/teacher"] = inputs.share_of(-log_ratio, known, total)
+        stats["kl/teacher_k3"] = inputs.share_of(torch.expm1(log_ratio) - log_ratio, known, total)
+        stats["distill/teacher_logprob"] = inputs.share_of(inputs.teacher_logprobs_B_T, known,
+                                                           total)
+    if inputs.teacher_top1_B_T is not None and inputs.student_argmax_B_T is not None \
+            and inputs.total_top1_tokens:
         top1 = known & (inputs.teacher_top1_B_T >= 0)
         agree = (inputs.student_argmax_B_T == inputs.teacher_top1_B_T).float()
         stats["distill/agree_frac"] = inputs.share_of(agree, top1, inputs.total_top1_tokens)
@@ -140,6 +147,8 @@ def distill_terms(inputs: LossInputs, cfg: DistillConfig, per_token: Callable[[T
     term = cfg.coef * aggregate(divergence, keep_B_T & known, inputs, aggregation)
     stats["loss/distill"] = term.detach()
     with torch.no_grad():
+        if not total:
+            return term, stats
         stats["distill/teacher_mass"] = inputs.share_of(
             inputs.teacher_topk_logprobs_B_T_K.exp().sum(-1), known, total)
         stats["distill/student_mass"] = inputs.share_of(
