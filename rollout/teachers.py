@@ -11,7 +11,8 @@ current weights; the score records their version). Privileged context is appende
 prompt's last user message and the prompt re-templated with the student's chat template; the
 completion's ids are then appended as ids, never re-tokenised, so the scored tokens are exactly the
 student's and the join falls on the template's assistant header (special tokens, no BPE merge
-across it). The combination rules are `combine_route`, `combine_poe` and `confidence_weights`.
+across it). The combination rules are `route_choice`, `combine_poe` and `confidence_weights`, applied
+by `combined_fields`.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 from slipstream.buffer.records import Group, Sample
 from slipstream.envs import Prompt
-from slipstream.user_code import import_function
 from slipstream.rollout.engine_api import TokenScores
 from slipstream.rollout.teacher_config import TeacherConfig, TeacherMember
+from slipstream.user_code import import_function
 
 ContextFn = Callable[[Sample, Group, Prompt], str]
 
@@ -71,8 +72,11 @@ def teacher_prompt(prompt: Prompt, context: str) -> Prompt:
     if not context:
         return prompt
     messages = [dict(m) for m in prompt.messages]
-    last = max(i for i, m in enumerate(messages) if m.get("role") == "user")
-    messages[last]["content"] = f"{messages[last]['content']}\n\n{context}"
+    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+    if not users:                       # an env of system text alone: the context is the turn
+        return dataclasses.replace(prompt, messages=(*messages,
+                                                     {"role": "user", "content": context}))
+    messages[users[-1]]["content"] = f"{messages[users[-1]]['content']}\n\n{context}"
     return dataclasses.replace(prompt, messages=tuple(messages))
 
 
