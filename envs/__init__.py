@@ -1,4 +1,5 @@
-"""Prompt sources: a procedural arithmetic task and a JSON Lines dataset (GSM8K format).
+"""Prompt sources: a procedural arithmetic task, a JSON Lines dataset (GSM8K format) and
+reasoning-gym's task library.
 
 `EnvConfig` is a discriminated union on `kind`; `build_env(config, seed)` makes the env. Every env
 is deterministic in (seed, index): see `slipstream.envs.base`.
@@ -13,8 +14,10 @@ from pydantic import Field
 from slipstream.envs.arithmetic import ArithmeticEnv, ArithmeticEnvConfig
 from slipstream.envs.base import Env, Prompt
 from slipstream.envs.jsonl import JsonlEnv, JsonlEnvConfig, parse_reference, sample_gsm8k_path
+from slipstream.envs.reasoning_gym import ReasoningGymEnv, ReasoningGymEnvConfig
 
-EnvConfig = Annotated[ArithmeticEnvConfig | JsonlEnvConfig, Field(discriminator="kind")]
+EnvConfig = Annotated[ArithmeticEnvConfig | JsonlEnvConfig | ReasoningGymEnvConfig,
+                      Field(discriminator="kind")]
 
 
 def build_env(config: EnvConfig, seed: int) -> Env:
@@ -23,8 +26,11 @@ def build_env(config: EnvConfig, seed: int) -> Env:
         return ArithmeticEnv(config, seed)
     if config.kind == "jsonl":
         return JsonlEnv(config, seed)
+    if config.kind == "reasoning_gym":
+        return ReasoningGymEnv(config, seed)
     raise ValueError(f"unknown env kind {config.kind!r}")
 
 
 __all__ = ["ArithmeticEnv", "ArithmeticEnvConfig", "Env", "EnvConfig", "JsonlEnv",
-           "JsonlEnvConfig", "Prompt", "build_env", "parse_reference", "sample_gsm8k_path"]
+           "JsonlEnvConfig", "Prompt", "ReasoningGymEnv", "ReasoningGymEnvConfig", "build_env",
+           "parse_reference", "sample_gsm8k_path"]

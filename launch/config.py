@@ -114,6 +114,9 @@ class RunConfig(_Strict):
                 f"steps of groups ({pinned_groups}) for buffer.schedule=pinned")
         self._check_loss()
         self._check_teacher()
+        if self.reward.kind == "reasoning_gym" and self.env.kind != "reasoning_gym":
+            raise ValueError(f"reward.kind=reasoning_gym scores with the task the env generated "
+                             f"from: env.kind={self.env.kind} has none (env.kind reasoning_gym)")
         self.buffer.replay.check(self.buffer.max_lag, self.trainer.groups_per_step,
                                  self.buffer.schedule)
         check_zero_stage(self.trainer.optimizer, self.trainer.zero_stage, self.model.dtype,

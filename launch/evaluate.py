@@ -45,7 +45,8 @@ async def accuracy(path: str, config, count: int) -> float:
     finally:
         await engine.shutdown()
     with RewardRunner(build_reward(config.reward), config.reward.timeout_s) as rewards:
-        results = rewards.score([(c.text, p.reference) for c, p in zip(completions, prompts)])
+        results = rewards.score([(c.text, p.reference, p.metadata)
+                                 for c, p in zip(completions, prompts)])
     return sum(r.score for r in results) / len(results)
 
 

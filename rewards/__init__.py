@@ -1,7 +1,9 @@
 """Rewards: pure functions `(completion, reference) -> score`, run with a time limit.
 
-Two kinds: `math_verify` (the answer checked by math-verify) and `python`, any importable
-function `"package.module:function"` with the same signature, for a reward of one's own.
+Three kinds: `math_verify` (the answer checked by math-verify), `reasoning_gym` (the scorer of
+the reasoning-gym task the env generated from) and `python`, any importable function
+`"package.module:function"` taking (completion, reference) or (completion, reference, metadata),
+for a reward of one's own.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from slipstream.rewards.math_verify import math_verify_reward
+from slipstream.rewards.reasoning_gym import reasoning_gym_reward
 from slipstream.rewards.runner import RewardResult, RewardRunner
 from slipstream.user_code import import_function
 
@@ -28,6 +31,15 @@ class MathVerifyRewardConfig(BaseModel):
     timeout_s: float = _TIMEOUT
 
 
+class ReasoningGymRewardConfig(BaseModel):
+    """The reasoning-gym task's own scorer on the completion's <answer> (env.kind reasoning_gym)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    kind: Literal["reasoning_gym"] = Field("reasoning_gym", description="Selects this reward.")
+    timeout_s: float = _TIMEOUT
+
+
 class PythonRewardConfig(BaseModel):
     """A reward of one's own: any module-level function, run like math_verify."""
 
@@ -35,23 +47,25 @@ class PythonRewardConfig(BaseModel):
 
     kind: Literal["python"] = Field("python", description="Selects this reward.")
     function: str = Field(..., pattern=r"^[\w.]+:\w+$", description=(
-        "An importable function 'package.module:function' taking (completion, reference) and "
-        "returning a float."))
+        "An importable function 'package.module:function' taking (completion, reference) or "
+        "(completion, reference, metadata: the prompt's) and returning a float."))
     timeout_s: float = _TIMEOUT
 
 
-RewardConfig = Annotated[Union[MathVerifyRewardConfig, PythonRewardConfig],
-                         Field(discriminator="kind")]
+RewardConfig = Annotated[Union[MathVerifyRewardConfig, ReasoningGymRewardConfig,
+                               PythonRewardConfig], Field(discriminator="kind")]
 
 
-def build_reward(config: RewardConfig) -> Callable[[str, str], float]:
+def build_reward(config: RewardConfig) -> Callable[..., float]:
     """The reward function `config` names; pass it to `RewardRunner(fn, config.timeout_s)`."""
     if config.kind == "math_verify":
         return math_verify_reward
+    if config.kind == "reasoning_gym":
+        return reasoning_gym_reward
     if config.kind == "python":
         return import_function(config.function, "reward.function")
     raise ValueError(f"unknown reward kind {config.kind!r}")
 
 
-__all__ = ["MathVerifyRewardConfig", "PythonRewardConfig", "RewardConfig", "RewardResult",
-           "RewardRunner", "build_reward", "math_verify_reward"]
+__all__ = ["MathVerifyRewardConfig", "PythonRewardConfig", "ReasoningGymRewardConfig", "RewardConfig", "RewardResult",
+           "RewardRunner", "build_reward", "math_verify_reward", "reasoning_gym_reward"]

@@ -23,23 +23,30 @@ Choices:
   gets its own `timeout_s` from the moment the previous one finished, at one round trip per list.
 - `score` may be called from several threads at once (rollout workers score groups from
   `asyncio.to_thread`); a lock keeps each call's items and results together on the one pipe.
+- A reward takes (completion, reference) or (completion, reference, metadata): the prompt's
+  metadata goes only to a function with a third parameter (decided once, from its signature), so
+  a task whose scorer needs what the generator made (reasoning-gym) gets it, and items may always
+  carry it.
 - Written with multiprocessing rather than concurrent.futures: a process pool can neither bound
   one call's time nor kill the one stuck worker and go on.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import multiprocessing
 import numbers
 import pickle
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from slipstream.errors import SlipstreamError, one_line
 
-RewardFn = Callable[[str, str], float]
+RewardFn = Callable[..., float]     # (completion, reference[, metadata]) -> score
+# An item to score: (completion, reference) or (completion, reference, the prompt's metadata).
+RewardItem = tuple[str, str] | tuple[str, str, Mapping]
 _STARTUP_TIMEOUT_S = 300.0     # a fresh interpreter importing sympy on a loaded machine
 _CLOSE_TIMEOUT_S = 2.0
 
@@ -52,9 +59,21 @@ class RewardResult:
     error: str | None = None       # None when the reward ran normally, else one line
 
 
-def _score_one(fn: RewardFn, completion: str, reference: str) -> tuple[float, str | None]:
+def takes_metadata(fn: RewardFn) -> bool:
+    """Whether `fn` has a third parameter, for the prompt's metadata."""
     try:
-        score = fn(completion, reference)
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):      # a builtin without a signature: the two-argument form
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in parameters)
+
+
+def _score_one(fn: RewardFn, with_metadata: bool, item: RewardItem) -> tuple[float, str | None]:
+    completion, reference = item[0], item[1]
+    try:
+        score = fn(completion, reference, item[2] if len(item) > 2 else {}) if with_metadata \
+            else fn(completion, reference)
     except Exception as error:  # noqa: BLE001 - any failure of a reward is that item's failure
         return 0.0, one_line(error)
     # bool and numpy floats are numbers.Real; strings, None and tensors are not.
@@ -64,7 +83,8 @@ def _score_one(fn: RewardFn, completion: str, reference: str) -> tuple[float, st
 
 
 def _serve(connection, fn: RewardFn) -> None:
-    """Worker loop: receive a list of (completion, reference), send one (score, error) per item."""
+    """Worker loop: receive a list of items, send one (score, error) per item."""
+    with_metadata = takes_metadata(fn)
     connection.send("ready")  # `fn` is unpickled, its imports done: time limits start now
     while True:
         try:
@@ -73,12 +93,12 @@ def _serve(connection, fn: RewardFn) -> None:
             return  # the parent is gone
         if items is None:
             return
-        for completion, reference in items:
-            connection.send(_score_one(fn, completion, reference))
+        for item in items:
+            connection.send(_score_one(fn, with_metadata, item))
 
 
 class RewardRunner:
-    """Scores (completion, reference) pairs with `fn` in a worker process; see the module doc."""
+    """Scores items with `fn` in a worker process; see the module doc."""
 
     def __init__(self, fn: RewardFn, timeout_s: float) -> None:
         if not timeout_s > 0:
@@ -97,7 +117,7 @@ class RewardRunner:
         # A worker scores several groups from several threads; the child serves one at a time.
         self._lock = threading.Lock()
 
-    def score(self, items: Sequence[tuple[str, str]]) -> list[RewardResult]:
+    def score(self, items: Sequence[RewardItem]) -> list[RewardResult]:
         """One result per item, in order."""
         with self._lock:
             try:
@@ -107,7 +127,7 @@ class RewardRunner:
                 self._kill()
                 raise
 
-    def _score_locked(self, items: list[tuple[str, str]]) -> list[RewardResult]:
+    def _score_locked(self, items: list[RewardItem]) -> list[RewardResult]:
         results: list[RewardResult] = []
         died_once = False           # the item at len(results) already killed one process
         while len(results) < len(items):
