@@ -64,6 +64,12 @@ class Sample:
     teacher_weights: Mapping[str, float] = field(default_factory=dict)
     teacher_context_hash: str = ""
     teacher_error: str | None = None
+    # Multi-turn envs (rollout/episode.py): True on each token the env wrote (a tool's output,
+    # the chat template's turn markers around it), which the loss never trains on and which has
+    # no sampler logprob (0.0) and its preceding policy token's version; empty for a sample of
+    # one policy turn. `turns` counts the policy's turns.
+    env_tokens_T: tuple[bool, ...] = ()
+    turns: int = 1
 
     def __post_init__(self) -> None:
         n = len(self.completion_ids_T)
@@ -71,9 +77,10 @@ class Sample:
             raise ValueError(
                 f"sample {self.sample_id}: {n} tokens but {len(self.sampler_logprobs_T)} logprobs "
                 f"and {len(self.versions_T)} versions")
-        if self.token_texts_T and len(self.token_texts_T) != n:
-            raise ValueError(f"sample {self.sample_id}: {n} tokens but "
-                             f"{len(self.token_texts_T)} token texts")
+        for name in ("token_texts_T", "env_tokens_T"):
+            if getattr(self, name) and len(getattr(self, name)) != n:
+                raise ValueError(f"sample {self.sample_id}: {n} tokens but "
+                                 f"{len(getattr(self, name))} {name}")
         # Top-k lists may be absent (a product of experts has none); present, they are per token.
         teacher = [len(self.teacher_logprobs_T), len(self.teacher_topk_ids_T_K),
                    len(self.teacher_topk_logprobs_T_K), *map(len, self.teacher_parts.values())]
@@ -91,6 +98,12 @@ class Sample:
     def oldest_version(self) -> int:
         """The version of the oldest generated token (what staleness is measured against)."""
         return min(self.versions_T) if self.versions_T else 0
+
+    @property
+    def policy_tokens_T(self) -> tuple[bool, ...]:
+        """True on each token the policy sampled (every token but the env's)."""
+        return tuple(not e for e in self.env_tokens_T) if self.env_tokens_T else \
+            (True,) * len(self.completion_ids_T)
 
     @property
     def num_tokens(self) -> int:

@@ -75,7 +75,8 @@ def index_row(record: Mapping[str, Any], file: str, offset: int, nbytes: int) ->
     sampler = sample["sampler_logprobs_T"]
     trainer = record["trainer_logprobs_T"]
     versions = sample["versions_T"]
-    gaps = [t - s for t, s in zip(trainer, sampler)]
+    env = sample.get("env_tokens_T") or [False] * len(sampler)   # env tokens: nothing sampled
+    gaps = [t - s for t, s, e in zip(trainer, sampler, env) if not e]
     weights = record.get("importance_weights_T") or []
     reasons = Counter(r for r in record.get("mask_reasons_T") or [] if r)
     learner_version = record["learner_version"]
@@ -118,7 +119,11 @@ def deterministic_gap_tokens(record: Mapping[str, Any]) -> tuple[int, int]:
     own = record.get("own_version_logprobs_T")
     trainer = own if own is not None else record["trainer_logprobs_T"]
     compared = nonzero = 0
-    for logprob, sampled, version in zip(trainer, sample["sampler_logprobs_T"], versions):
+    env = sample.get("env_tokens_T") or [False] * len(versions)
+    for logprob, sampled, version, from_env in zip(trainer, sample["sampler_logprobs_T"],
+                                                   versions, env):
+        if from_env:
+            continue                 # the env wrote it: no sampler logprob to compare
         if not recomputed and version != versions[0]:
             break                    # this token and every later one attend to another's KV
         if own is None and version != record["learner_version"]:

@@ -9,8 +9,8 @@ Choices:
   `validate()`), so a bad field fails before anything starts.
 - Difficulty is reasoning-gym's own curriculum level (`levels`): the task's curriculum sets its
   attributes at that global level, in its upper-bound mode (each level its own band of values,
-  not every value up to it, so levels are distinct difficulties), then `config` overrides them. With several levels a problem's
-  level is drawn per index, so the stream mixes them; `held_out_levels` adds levels only the
+  not every value up to it, so levels are distinct difficulties), then `config` overrides them.
+  With several levels a problem's level is drawn per index, so the stream mixes them; `held_out_levels` adds levels only the
   evaluation sees (a difficulty never trained on). Prompts record their level in metadata, which
   the curriculum (envs/curriculum.py) and per-level evaluation read.
 - reasoning-gym seeds item `idx` of a dataset of seed `s` with `s + idx`, so two streams whose

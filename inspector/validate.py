@@ -121,6 +121,9 @@ def record_problem(record: Any) -> str | None:
     texts = sample.get("token_texts_T")
     if texts is not None and not _list_of(texts, lambda t: isinstance(t, str)):
         return "'token_texts_T' is not a list of strings"
+    env = sample.get("env_tokens_T")     # multi-turn samples only
+    if env and (not _list_of(env, lambda e: isinstance(e, bool)) or len(env) != tokens):
+        return "'env_tokens_T' is not a list of booleans, one per generated token"
     return None
 
 

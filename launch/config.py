@@ -14,7 +14,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slipstream.buffer.config import BufferConfig
-from slipstream.envs import ArithmeticEnvConfig, EnvConfig
+from slipstream.envs import TURN_ENV_KINDS, ArithmeticEnvConfig, EnvConfig
 from slipstream.model_config import ModelConfig
 from slipstream.rewards import MathVerifyRewardConfig, RewardConfig
 from slipstream.rollout.config import RolloutConfig
@@ -114,9 +114,7 @@ class RunConfig(_Strict):
                 f"steps of groups ({pinned_groups}) for buffer.schedule=pinned")
         self._check_loss()
         self._check_teacher()
-        if self.reward.kind == "reasoning_gym" and self.env.kind != "reasoning_gym":
-            raise ValueError(f"reward.kind=reasoning_gym scores with the task the env generated "
-                             f"from: env.kind={self.env.kind} has none (env.kind reasoning_gym)")
+        self._check_env()
         self.buffer.replay.check(self.buffer.max_lag, self.trainer.groups_per_step,
                                  self.buffer.schedule)
         check_zero_stage(self.trainer.optimizer, self.trainer.zero_stage, self.model.dtype,
@@ -144,6 +142,18 @@ class RunConfig(_Strict):
                 and self.rollout.group_size < 2:
             raise ValueError(f"trainer.loss.advantage={loss.advantage} compares the samples of "
                              f"a group: rollout.group_size must be at least 2")
+
+    def _check_env(self) -> None:
+        """What the env asks of the reward and the loss."""
+        if self.reward.kind == "reasoning_gym" and self.env.kind != "reasoning_gym":
+            raise ValueError(f"reward.kind=reasoning_gym scores with the task the env generated "
+                             f"from: env.kind={self.env.kind} has none (env.kind reasoning_gym)")
+        loss = self.trainer.loss
+        if self.env.kind in TURN_ENV_KINDS and (loss.needs_values or loss.kind == "soft_q"):
+            # GAE and the soft values walk a sequence's tokens as one run; env tokens break it.
+            raise ValueError(f"trainer.loss.kind={loss.kind} needs contiguous policy tokens: "
+                             f"env.kind={self.env.kind} interleaves env turns (use a "
+                             "critic-free recipe: grpo, dr_grpo, rloo, ...)")
 
     def _check_teacher(self) -> None:
         """A teacher and the loss that uses it come together."""

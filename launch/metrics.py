@@ -44,13 +44,31 @@ def batch_metrics(groups: Sequence[Group], replay: bool = False) -> dict[str, fl
     fresh = [s.reward for g in groups if g.reuse_count == 0 for s in g.samples]
     if fresh:
         replayed["replay/fresh_reward_mean"] = sum(fresh) / len(fresh)
-    return (replayed if replay else {}) | {
+    return (replayed if replay else {}) | env_metrics(samples) | {
         "reward/mean": sum(rewards) / len(rewards),
         "reward/errors": sum(s.reward_error is not None for s in samples),
         "reward/zero_variance_groups": zero_variance,
         "rollout/completion_len_mean": sum(lengths) / len(lengths),
         "rollout/truncated_frac": sum(s.finish_reason == "length" for s in samples) / len(samples),
     }
+
+
+def env_metrics(samples: Sequence) -> dict[str, float]:
+    """Turns and tool calls of multi-turn samples (rollout/episode.py); empty when the step has
+    none. `env/tool_failures` counts calls whose tool did not finish normally (an error, a
+    timeout, a limit, a refused access); `env/turn_limit_frac` the episodes `max_turns` cut."""
+    episodes = [s for s in samples if s.env_tokens_T]
+    if not episodes:
+        return {}
+    calls = [turn for s in episodes for turn in s.env_metadata.get("env_info", ())
+             if turn.get("tool")]
+    env_tokens = sum(sum(s.env_tokens_T) for s in episodes)
+    return {"env/turns_mean": sum(s.turns for s in episodes) / len(episodes),
+            "env/tool_calls": len(calls),
+            "env/tool_failures": sum(turn.get("status") != "ok" for turn in calls),
+            "env/turn_limit_frac": sum(s.finish_reason == "turns" for s in episodes)
+            / len(episodes),
+            "env/token_frac": env_tokens / sum(len(s.env_tokens_T) for s in episodes)}
 
 
 def teacher_metrics(groups: Sequence[Group], trained: Sequence[TrainedSample]) -> dict[str, float]:

@@ -37,7 +37,7 @@ from slipstream.launch.resume import RUN_STATE, begin_resume
 from slipstream.launch.run_dir import RunDirectory, learner_args, resolved_model, reward_summary
 from slipstream.rewards import RewardRunner, build_reward
 from slipstream.rollout.engine_api import build_engine
-from slipstream.rollout.group import generate_group
+from slipstream.rollout.episode import rollout_group
 from slipstream.rollout.sync_client import LocalEnginesClient
 from slipstream.trainer.learner import Learner
 from slipstream.trainer.weight_publish import remove_weights_dir
@@ -114,8 +114,8 @@ async def reference_loop(config: RunConfig) -> RunDirectory:
                          "rollout/weight_version": engine.weight_version}
 
         def generate(ticket: int):
-            return generate_group(engine, tokenizer, rewards, env.prompt(ticket), ticket,
-                                  config.rollout, config.seed)
+            return rollout_group(engine, tokenizer, rewards, env, env.prompt(ticket), ticket,
+                                 config.rollout, config.seed)
 
         for _ in range(first_step, config.steps):
             started = time.monotonic()

@@ -67,5 +67,6 @@ def build_reward(config: RewardConfig) -> Callable[..., float]:
     raise ValueError(f"unknown reward kind {config.kind!r}")
 
 
-__all__ = ["MathVerifyRewardConfig", "PythonRewardConfig", "ReasoningGymRewardConfig", "RewardConfig", "RewardResult",
-           "RewardRunner", "build_reward", "math_verify_reward", "reasoning_gym_reward"]
+__all__ = ["MathVerifyRewardConfig", "PythonRewardConfig", "ReasoningGymRewardConfig",
+           "RewardConfig", "RewardResult", "RewardRunner", "build_reward", "math_verify_reward",
+           "reasoning_gym_reward"]

@@ -67,7 +67,7 @@ async def generate_group(engine: Engine, tokenizer, rewards: RewardRunner, promp
     # math-verify can hang on hostile input; the runner bounds it in another process, and the
     # wait happens off the event loop so generation of other groups continues meanwhile.
     results = await asyncio.to_thread(
-        rewards.score, [(c.text, prompt.reference) for c in completions])
+        rewards.score, [(c.text, prompt.reference, prompt.metadata) for c in completions])
     samples = tuple(
         Sample(
             sample_id=f"{group_id}-{i}", group_id=group_id, prompt_id=prompt.prompt_id,

@@ -2,7 +2,8 @@
 
     run():  groups_in_flight loops, each:  ticket <- buffer.acquire_ticket()   (waits: backpressure,
                                                                                 staleness bound)
-                                           group  <- generate_group(env.prompt(ticket))
+                                           group  <- rollout_group(env.prompt(ticket))
+                                                     (episodes when the env takes turns)
                                            group  <- teacher.score(group)   (distillation only)
                                            buffer.put(ticket, group)
     weight sync, as the learner's client drives it (rollout/sync_client.py):
@@ -25,7 +26,7 @@ from slipstream.model_config import ModelConfig
 from slipstream.rewards import RewardConfig, RewardRunner, build_reward
 from slipstream.rollout.config import RolloutConfig
 from slipstream.rollout.engine_api import build_engine
-from slipstream.rollout.group import generate_group
+from slipstream.rollout.episode import rollout_group
 from slipstream.rollout.teacher_config import TeacherConfig
 from slipstream.rollout.teacher_scoring import GroupTeacher
 
@@ -84,8 +85,9 @@ class RolloutWorker:
             if ticket is None:
                 return
             prompt = self._env.prompt(ticket)
-            group = await generate_group(self._engine, self._tokenizer, self._rewards, prompt,
-                                         ticket, self._rollout, self._seed, self._worker_id)
+            group = await rollout_group(self._engine, self._tokenizer, self._rewards, self._env,
+                                        prompt, ticket, self._rollout, self._seed,
+                                        self._worker_id)
             if self._teacher is not None:   # scored here, so the learner never waits for it
                 group = await self._teacher.score(group, prompt)
             await self._buffer.put.remote(ticket, group)

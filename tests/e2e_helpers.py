@@ -46,7 +46,7 @@ def launch(script: str, model: str, out: Path, *extra: str, timeout: int = 400,
 
     The command line is `--model.path model --output-dir out`, then `SMALL` (a small run: fp32,
     2 groups of 4, 16 new tokens, the `digit_share` test reward), then `--env.digits 1` (not for
-    gsm8k.py or countdown.py), then `extra`; a later flag overrides an earlier one, so `extra`
+    gsm8k.py, countdown.py, tools.py or an `--env.kind` in `extra`), then `extra`; a later flag overrides an earlier one, so `extra`
     can change any of them (a `--reward.kind` there drops the test reward's flags). tests/ is on PYTHONPATH, so `--reward.function rewards_for_tests:...` imports.
 
     Returns the finished process like `subprocess.run(..., capture_output=True, text=True)`:
@@ -73,7 +73,8 @@ def launch(script: str, model: str, out: Path, *extra: str, timeout: int = 400,
     mark = uuid.uuid4().hex
     env = {**os.environ, MARK: mark,
            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    env_args = [] if script in ("gsm8k.py", "countdown.py") else ["--env.digits", "1"]
+    env_args = [] if script in ("gsm8k.py", "countdown.py", "tools.py") or "--env.kind" in extra \
+        else ["--env.digits", "1"]
     # A reward kind in `extra` replaces the test reward whole (its function flag included).
     small = SMALL[:SMALL.index("--reward.kind")] if "--reward.kind" in extra else SMALL
     args = [sys.executable, str(ROOT / "launch" / script), "--model.path", model,

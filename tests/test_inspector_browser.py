@@ -329,3 +329,29 @@ def test_the_html_export_works_from_file_with_no_network(browser, run, tmp_path)
     assert demo.DEMO_EVICTED_GROUP in guarded.page.locator("#evictions").inner_text()
     assert "static export" in guarded.page.locator("#live").inner_text()
     guarded.check_clean()
+
+
+def test_a_multi_turn_samples_env_turn_is_set_apart(browser, tmp_path):
+    from factories import make_sample
+
+    from slipstream.buffer.records import TrainedSample
+    from slipstream.buffer.rollout_log import write_step
+
+    run_dir = demo.make_demo_run(tmp_path / "run")
+    env_T = (False, True, True, False)                 # tokens 1 and 2: the env's turn
+    sample = dataclasses.replace(make_sample("m0", 0, versions=(2, 2, 2, 2)), turns=2,
+                                 env_tokens_T=env_T, sampler_logprobs_T=(-0.5, 0.0, 0.0, -0.5))
+    write_step(run_dir / "rollouts", 9, [TrainedSample(
+        sample, 9, 2, 0.5, (-0.25, -4.0, -3.0, -0.5), importance_weights_T=(1.0, 0.0, 0.0, 1.0),
+        masked_T=(False, True, True, False), mask_reasons_T=("", "env", "env", ""))])
+    with serving(run_dir) as server:
+        guarded = Guarded(browser, f"127.0.0.1:{server.server_address[1]}")
+        guarded.open(server.url + "#view=sample&step=9&id=m0-0&color=gap")
+        tokens = guarded.page.locator("#tokens .tok")
+        classes = tokens.evaluate_all("spans => spans.map(s => s.classList.contains('env'))")
+        assert classes == list(env_T)
+        backgrounds = tokens.evaluate_all("spans => spans.map(s => s.style.backgroundColor)")
+        assert [b == "" for b in backgrounds] == list(env_T)      # env tokens: on no scale
+        values = _tooltip_of(guarded, tokens.nth(1))
+        assert values["written by"].startswith("the env") and "sampler logprob" not in values
+        guarded.check_clean()

@@ -27,17 +27,18 @@ class MicroBatch:
     attention_mask_B_L: torch.Tensor
     positions_B_T: torch.Tensor       # logits row that predicts each completion token
     targets_B_T: torch.Tensor         # the completion token ids
-    mask_B_T: torch.Tensor            # True on real completion tokens
+    mask_B_T: torch.Tensor            # True on the policy's completion tokens (not an env's)
     sampler_logprobs_B_T: torch.Tensor
     versions_B_T: torch.Tensor
     prefix_recomputed_B: torch.Tensor  # bool: the sampler recomputed the KV at every update
+    lengths_B: torch.Tensor           # completion tokens per sequence, env tokens included
 
     def select(self, rows_B: torch.Tensor) -> MicroBatch:
         """The sub-batch of the sequences where `rows_B` (bool) is True."""
         return MicroBatch(*(t[rows_B] for t in (
             self.input_ids_B_L, self.attention_mask_B_L, self.positions_B_T, self.targets_B_T,
             self.mask_B_T, self.sampler_logprobs_B_T, self.versions_B_T,
-            self.prefix_recomputed_B)))
+            self.prefix_recomputed_B, self.lengths_B)))
 
 
 def collate(samples: Sequence[Sample], pad_id: int) -> MicroBatch:
@@ -58,11 +59,11 @@ def collate(samples: Sequence[Sample], pad_id: int) -> MicroBatch:
         attention[b, : p + c] = 1
         positions[b, :c] = torch.arange(p - 1, p + c - 1)
         targets[b, :c] = torch.tensor(s.completion_ids_T)
-        mask[b, :c] = True
+        mask[b, :c] = torch.tensor(s.policy_tokens_T, dtype=torch.bool)
         sampler[b, :c] = torch.tensor(s.sampler_logprobs_T, dtype=torch.float32)
         versions[b, :c] = torch.tensor(s.versions_T)
     return MicroBatch(input_ids, attention, positions, targets, mask, sampler, versions,
-                      recomputed)
+                      recomputed, torch.tensor([len(s.completion_ids_T) for s in samples]))
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ class StepBatch:
     rewards_B: torch.Tensor            # float64: what the advantages start from
     shaped: bool                       # rewards_B differs from the samples' rewards
     filtered_B: torch.Tensor | None    # bool: sequences left out of the loss; None: none
-    mask_B_T: torch.Tensor             # bool: real completion tokens
+    mask_B_T: torch.Tensor             # bool: the policy's completion tokens (not an env's)
     sampler_B_T: torch.Tensor          # the sampler's logprobs (0 on padding)
     micro: tuple[tuple[slice, MicroBatch], ...]
     total_tokens: int                  # tokens the loss trains on (filtered sequences excluded)
@@ -80,6 +80,10 @@ def build_step_batch(groups: Sequence[Group], pad_id: int, micro_batch_size: int
     samples = tuple(s for g in groups for s in g.samples)
     if len(samples) != expected_samples:
         raise ValueError(f"batch of {len(samples)} samples, expected {expected_samples}")
+    if (loss.needs_values or loss.kind == "soft_q") and any(s.env_tokens_T for s in samples):
+        # GAE and the soft values walk a sequence's tokens as one run; env turns break it.
+        raise ValueError(f"trainer.loss.kind={loss.kind} needs contiguous policy tokens, and "
+                         "this env interleaves its own turns: use a critic-free recipe")
     starts = [0]
     for g in groups:
         starts.append(starts[-1] + len(g.samples))
@@ -93,6 +97,9 @@ def build_step_batch(groups: Sequence[Group], pad_id: int, micro_batch_size: int
         filtered = torch.tensor([s.finish_reason == "length" for s in samples], dtype=torch.bool)
     longest = max(lengths, default=0)
     mask = torch.arange(longest).unsqueeze(0) < torch.tensor(lengths).unsqueeze(-1)
+    for b, s in enumerate(samples):
+        if s.env_tokens_T:          # a multi-turn sample: the env's tokens are never trained
+            mask[b, :lengths[b]] = torch.tensor(s.policy_tokens_T, dtype=torch.bool)
     micro = tuple((slice(i, i + micro_batch_size),
                    collate(samples[i:i + micro_batch_size], pad_id))
                   for i in range(0, len(samples), micro_batch_size))

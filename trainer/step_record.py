@@ -46,7 +46,7 @@ class StepRecord:
                 else self.sums.get(key, 0.0) + value
         if forward.entropy_B_T is not None:
             self.entropy_sum += float(forward.entropy_B_T[micro.mask_B_T].sum())
-        lengths = micro.mask_B_T.sum(-1).tolist()
+        lengths = micro.lengths_B.tolist()
         logprobs = forward.logprobs_B_T.detach()
         if own is None:
             self.gap.add(logprobs, micro)
@@ -58,7 +58,9 @@ class StepRecord:
             self.own_logprobs.extend(tuple(row[:n].tolist()) if bool(ok[:n].all()) else None
                                      for row, ok, n in zip(own_B_T, ok_B_T, lengths))
         self.trainer_logprobs.extend(tuple(row[:n].tolist()) for row, n in zip(logprobs, lengths))
-        self.token_fields.extend(token_records(out, lengths))
+        first = len(self.token_fields)
+        self.token_fields.extend(_env_tokens_marked(fields, self.batch.samples[first + k])
+                                 for k, fields in enumerate(token_records(out, lengths)))
 
     def result(self, step: int, version: int, advantages_B_T: torch.Tensor,
                extra: dict[str, float]) -> StepResult:
@@ -84,8 +86,10 @@ class StepRecord:
             row = advantages_B_T[b, :n].tolist()
             constant = len(set(row)) <= 1
             shaped = float(batch.rewards_B[b])
+            policy = [a for a, p in zip(row, sample.policy_tokens_T) if p]   # env tokens: none
             trained.append(TrainedSample(
-                sample, step, self.learner_version, advantage=sum(row) / n if n else 0.0,
+                sample, step, self.learner_version,
+                advantage=sum(policy) / len(policy) if policy else 0.0,
                 trainer_logprobs_T=self.trainer_logprobs[b], **self.token_fields[b],
                 own_version_logprobs_T=self.own_logprobs[b],
                 advantages_T=() if constant else tuple(row),
@@ -104,7 +108,7 @@ class StepRecord:
                    for w, masked, reason in zip(fields.get("importance_weights_T", ()),
                                                 fields.get("masked_T", ()),
                                                 fields.get("mask_reasons_T", ()))
-                   if reason != "overlong"]
+                   if reason not in ("overlong", "env")]
         total, squares = sum(weights), sum(w * w for w in weights)
         if not weights or squares == 0:
             return {}
@@ -119,7 +123,9 @@ class StepRecord:
         masked: dict[str, int] = {}
         for sample, fields in zip(self.batch.samples, self.token_fields):
             flags = fields.get("masked_T") or (None,) * len(sample.versions_T)
-            for version, flag in zip(sample.versions_T, flags):
+            for version, flag, policy in zip(sample.versions_T, flags, sample.policy_tokens_T):
+                if not policy:
+                    continue                    # an env's token: sampled by no version
                 bucket = age_bucket(self.learner_version - version)
                 tokens[bucket] = tokens.get(bucket, 0) + 1
                 if flag is not None:
@@ -127,6 +133,19 @@ class StepRecord:
         metrics: dict[str, float] = {f"staleness/tokens_age_{b}": n for b, n in tokens.items()}
         metrics |= {f"staleness/masked_frac_age_{b}": masked[b] / tokens[b] for b in masked}
         return metrics
+
+
+def _env_tokens_marked(fields: dict[str, tuple], sample) -> dict[str, tuple]:
+    """A multi-turn sample's token fields with its env tokens masked for reason "env", weight 0
+    (the loss saw them masked as padding; the record says why)."""
+    if not sample.env_tokens_T or not fields:
+        return fields
+    env = sample.env_tokens_T
+    return {"importance_weights_T": tuple(0.0 if e else w for w, e in
+                                          zip(fields["importance_weights_T"], env)),
+            "masked_T": tuple(e or m for m, e in zip(fields["masked_T"], env)),
+            "mask_reasons_T": tuple("env" if e else r for r, e in
+                                    zip(fields["mask_reasons_T"], env))}
 
 
 def age_bucket(age: int) -> str:

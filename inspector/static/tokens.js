@@ -128,6 +128,7 @@ const TokenView = (() => {
         weightRecorded: weights.length === n,
         masked: (record.masked_T || [])[i] === true,
         reason: (record.mask_reasons_T || [])[i] || "",
+        env: (s.env_tokens_T || [])[i] === true,   // a multi-turn env wrote it: nothing sampled
         version: s.versions_T[i], lag: record.learner_version - s.versions_T[i],
         own: own ? own[i] : null,
         teacher: view ? teacherOf(view, i) : null,
@@ -144,6 +145,12 @@ const TokenView = (() => {
 
   // The lines of a token's tooltip, as [label, value] pairs (values are plain strings).
   function details(token) {
+    if (token.env) {
+      return [["token", `#${token.index}  id ${token.id}`],
+              ["text", visible(JSON.stringify(token.text))],
+              ["written by", "the env (its turn; not sampled, never trained on)"],
+              ["weight version", `${token.version} (the policy turn before it)`]];
+    }
     const rows = [
       ["token", `#${token.index}  id ${token.id}`],
       ["text", visible(JSON.stringify(token.text))],
@@ -207,7 +214,9 @@ const TokenView = (() => {
         span.dataset.version = `v${token.version}`;
       }
       previousVersion = token.version;
-      if (token.masked) {
+      if (token.env) {
+        span.classList.add("env");      // the env's turn: set apart, never on a scale
+      } else if (token.masked) {
         span.classList.add("masked");
       } else {
         const colour = colourOf(token, mode);

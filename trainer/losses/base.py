@@ -22,9 +22,13 @@ from torch import Tensor
 #   "m2po"          M2PO's second-moment mask dropped it.
 # The others still train: "tis_truncated" (TIS weight capped), "cispo_clip" (CISPO weight
 # clipped), "topr_truncated" (a negative sample's TOPR weight below 1).
+# "env" is not the loss's: the learner writes it on a multi-turn env's own tokens, which no
+# loss trains on (rollout/episode.py; trainer/step_record.py).
 MASK_REASONS: tuple[str, ...] = ("", "ppo_clip", "tis_truncated", "cispo_clip", "mis",
-                                 "mis_sequence", "icepop", "overlong", "m2po", "topr_truncated")
-MASKING_REASONS = frozenset({"ppo_clip", "mis", "mis_sequence", "icepop", "overlong", "m2po"})
+                                 "mis_sequence", "icepop", "overlong", "m2po", "topr_truncated",
+                                 "env")
+MASKING_REASONS = frozenset({"ppo_clip", "mis", "mis_sequence", "icepop", "overlong", "m2po",
+                             "env"})
 MASK_PRIORITY: tuple[str, ...] = ("cispo_clip", "topr_truncated", "tis_truncated", "ppo_clip",
                                   "m2po", "icepop", "mis", "mis_sequence", "overlong")
 
