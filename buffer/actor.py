@@ -51,10 +51,12 @@ class IdleClock:
 @ray.remote(num_cpus=0)
 class ReplayBufferActor:
     def __init__(self, config: BufferConfig, groups_per_step: int, directory: str,
-                 max_uniform_drops: int | None = None, restore: dict | None = None) -> None:
+                 max_uniform_drops: int | None = None, restore: dict | None = None,
+                 curriculum: dict | None = None) -> None:
         """`max_uniform_drops`: dynamic sampling on, stopping after that many groups in a row
         were dropped for equal rewards; None: off. `restore`: what `export_state` returned in
-        the run being resumed."""
+        the run being resumed. `curriculum`: {"config", "env", "seed"} when a curriculum picks
+        each ticket's prompt (envs/curriculum.py; the buffer sees every finished group)."""
         self._buffer = ReplayBuffer(groups_per_step, config.max_lag, config.capacity_groups,
                                     pinned=config.schedule == "pinned",
                                     drop_uniform=max_uniform_drops is not None,
@@ -67,9 +69,18 @@ class ReplayBufferActor:
         self._evictions_logged = 0        # lines in evictions.jsonl (a resume cuts it there)
         self._holder: dict[int, int] = {}  # ticket in flight -> the worker generating it
         self._idle = IdleClock()            # while no ticket is held
+        self._curriculum = None
+        if curriculum is not None:
+            from slipstream.envs import build_env
+            from slipstream.envs.curriculum import EdgeCurriculum
+
+            self._curriculum = EdgeCurriculum(curriculum["config"], build_env(
+                curriculum["env"], seed=curriculum["seed"]), curriculum["seed"])
         if restore is not None:
             self._buffer.restore(restore["buffer"])
             self._evictions_logged = restore["evictions_logged"]
+            if self._curriculum is not None and restore.get("curriculum"):
+                self._curriculum.restore(restore["curriculum"])
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -99,7 +110,13 @@ class ReplayBufferActor:
         await self._notify()
         return lost
 
+    async def prompt_index(self, ticket: int) -> int:
+        """The env stream index of `ticket`'s prompt: the curriculum's pick, else the ticket."""
+        return ticket if self._curriculum is None else self._curriculum.index_for(ticket)
+
     async def put(self, ticket: int, group: Group) -> None:
+        if self._curriculum is not None and group.samples:
+            self._curriculum.observe(ticket, group.rewards_G, group.samples[0].env_metadata)
         self._holder.pop(ticket, None)
         if not self._holder:
             self._idle.idle()
@@ -152,7 +169,8 @@ class ReplayBufferActor:
     async def export_state(self) -> dict:
         """The buffer's state for a checkpoint (ReplayBuffer.state) and how many lines of
         evictions.jsonl belong to it."""
-        return {"buffer": self._buffer.state(), "evictions_logged": self._evictions_logged}
+        return {"buffer": self._buffer.state(), "evictions_logged": self._evictions_logged,
+                "curriculum": None if self._curriculum is None else self._curriculum.state()}
 
     async def snapshot(self, step: int | str, learner_version: int) -> str:
         return str(write_snapshot(self._buffer, self._dir, step, learner_version))
@@ -160,7 +178,9 @@ class ReplayBufferActor:
     async def stats(self, learner_version: int) -> dict[str, float]:
         """The buffer's figures, and `rollout/engine_idle_s`: cumulative seconds in which no
         group was being generated (IdleClock)."""
-        return self._buffer.stats(learner_version) | {"rollout/engine_idle_s": self._idle.seconds()}
+        curriculum = {} if self._curriculum is None else self._curriculum.metrics()
+        return self._buffer.stats(learner_version) | curriculum | \
+            {"rollout/engine_idle_s": self._idle.seconds()}
 
     async def close(self) -> None:
         """Wake every waiting worker with None so it can finish cleanly."""

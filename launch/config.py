@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slipstream.buffer.config import BufferConfig
 from slipstream.envs import TURN_ENV_KINDS, ArithmeticEnvConfig, EnvConfig
+from slipstream.envs.curriculum import CurriculumConfig
 from slipstream.model_config import ModelConfig
 from slipstream.rewards import MathVerifyRewardConfig, RewardConfig
 from slipstream.rollout.config import RolloutConfig
@@ -80,6 +81,9 @@ class RunConfig(_Strict):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig, description=(
+        "Which prompts the workers get: the env's stream, or the edge of competence first "
+        "(envs/curriculum.py)."))
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description=(
         "Who scores the student's tokens for distillation (rollout/teacher_config.py)."))
     progress: bool = Field(True, description="Show a progress bar.")

@@ -169,9 +169,12 @@ def _start_actors(config: RunConfig, model: ModelConfig, run: RunDirectory,
     loss = config.trainer.loss
     max_drops = loss.dynamic_sampling_max_batches * config.trainer.groups_per_step \
         if loss.dynamic_sampling else None
+    curriculum = None if config.curriculum.kind == "uniform" else \
+        {"config": config.curriculum, "env": config.env, "seed": config.seed}
     buffer = ReplayBufferActor.remote(config.buffer, config.trainer.groups_per_step,
                                       str(run.buffer), max_uniform_drops=max_drops,
-                                      restore=None if resume is None else resume.state)
+                                      restore=None if resume is None else resume.state,
+                                      curriculum=curriculum)
     learner = ray.remote(Learner).options(
         num_cpus=0, num_gpus=placement.learner_gpus).remote(config.trainer, model,
                                                             **learner_kwargs)
@@ -183,7 +186,7 @@ def _start_actors(config: RunConfig, model: ModelConfig, run: RunDirectory,
             model, config.rollout, config.env, config.reward, buffer, seed=config.seed,
             deterministic=config.deterministic, worker_id=worker_id,
             weight_transfer=placement.engine_backend, teacher=config.teacher,
-            teacher_actors=teacher_handles)
+            teacher_actors=teacher_handles, curriculum=curriculum is not None)
 
     def new_worker(worker_id: int) -> ray.actor.ActorHandle:
         worker = create(worker_id)

@@ -90,6 +90,9 @@ async def reference_loop(config: RunConfig) -> RunDirectory:
     if config.teacher.enabled:
         raise SlipstreamError("the reference loop has no teacher: distillation runs in the "
                               "pipeline (launch/distill.py)")
+    if config.curriculum.kind != "uniform":
+        raise SlipstreamError("the reference loop walks the env's stream in order: "
+                              "curriculum.kind=edge runs in the pipeline")
     model = resolved_model(config)
     run = RunDirectory(config, resume)
     env = build_env(config.env, seed=config.seed)

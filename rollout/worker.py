@@ -38,13 +38,14 @@ class RolloutWorker:
     def __init__(self, model: ModelConfig, rollout: RolloutConfig, env: EnvConfig,
                  reward: RewardConfig, buffer, *, seed: int, deterministic: bool,
                  worker_id: int, weight_transfer: str, teacher: TeacherConfig | None = None,
-                 teacher_actors: dict | None = None) -> None:
+                 teacher_actors: dict | None = None, curriculum: bool = False) -> None:
         """`teacher_actors`: each teacher member's TeacherActor by name (rollout/teachers.py);
-        a live self-teacher scores on this worker's own engine."""
+        a live self-teacher scores on this worker's own engine. `curriculum`: the buffer picks
+        each ticket's prompt (envs/curriculum.py); else ticket k is prompt k."""
         self._model, self._rollout = model, rollout
         self._teacher_config, self._teacher_actors = teacher, teacher_actors or {}
         self._teacher: GroupTeacher | None = None
-        self._seed, self._worker_id = seed, worker_id
+        self._seed, self._worker_id, self._curriculum = seed, worker_id, curriculum
         self._buffer = buffer
         self._engine = build_engine(model, rollout, seed, deterministic, weight_transfer)
         self._env = build_env(env, seed=seed)
@@ -84,7 +85,8 @@ class RolloutWorker:
             ticket = await self._buffer.acquire_ticket.remote(self._worker_id)
             if ticket is None:
                 return
-            prompt = self._env.prompt(ticket)
+            index = await self._buffer.prompt_index.remote(ticket) if self._curriculum else ticket
+            prompt = self._env.prompt(index)
             group = await rollout_group(self._engine, self._tokenizer, self._rewards, self._env,
                                         prompt, ticket, self._rollout, self._seed,
                                         self._worker_id)

@@ -14,9 +14,17 @@ def test_countdown_trains_on_reasoning_gym_scored_by_its_own_scorer(tiny_model, 
     out = tmp_path / "run"
     result = launch("countdown.py", tiny_model, out, "--steps", "2",
                     "--reward.kind", "reasoning_gym", "--env.levels", "[0, 1]",
+                    "--curriculum.kind", "edge", "--curriculum.min-groups", "1",
                     "--model.max-model-len", "1024")   # the tiny tokenizer spends many tokens
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(read_metrics(out)) == 2
+    metrics = read_metrics(out)
+    assert len(metrics) == 2
+    # The curriculum saw the groups: a random model solves nothing, so every level it measured
+    # is unsolved (pass@k 0).
+    last = metrics[-1]
+    assert last["curriculum/0/picks"] + last["curriculum/1/picks"] >= 4
+    measured = [last[k] for k in ("curriculum/0/passk", "curriculum/1/passk") if k in last]
+    assert measured and set(measured) == {0.0}
     samples = _samples(out)
     assert len(samples) == 2 * 2 * 4
     for sample in samples:
