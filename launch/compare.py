@@ -7,8 +7,9 @@ each over a few seeds, then which differences are real.
 
 An arm is a user-defined `--arm NAME='flags'`, a preset (compare_plan.PRESETS), or else a loss
 kind (`--trainer.loss.kind NAME`, validated by the run config). Arms may change only the
-algorithm: `trainer.*`, `buffer.replay.*` and `buffer.max_lag`. `--samples N` gives every run the
-same budget of generated samples (replay arms then take more steps).
+algorithm: `trainer.*`, `buffer.replay.*`, `buffer.max_lag`, `teacher.*` and `curriculum.*`.
+`--samples N` gives every run the same budget of generated samples (replay arms then take more
+steps).
 Each arm x seed is one run of the launch script (DIR/runs/<arm>-seed<k>, its output in
 DIR/runs/<arm>-seed<k>.log), then launch/evaluate.py on its final policy; its numbers go to
 DIR/runs/<arm>-seed<k>/result.json, so re-running the same command skips finished runs and

@@ -23,7 +23,9 @@ RESERVED = {"seed": "seeds come from --seeds", "output_dir": "use --output-dir",
             "time_budget_min": "use --minutes", "sample_budget": "use --samples"}
 # What an arm may change besides trainer.*: how the buffer reuses and ages data, and the teacher
 # a distillation arm learns from, are part of the algorithm being compared.
-ARM_BUFFER_KEYS = ("buffer.replay.", "buffer.max_lag", "teacher.")
+# What an arm may set besides trainer.*: how data is reused, how stale, who teaches, and which
+# prompts are drawn (a curriculum changes the order of the env's own prompts, not the env).
+ARM_KEYS = ("buffer.replay.", "buffer.max_lag", "teacher.", "curriculum.")
 NO_STEP_LIMIT = 1_000_000   # --minutes without --steps: the clock is the budget
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -83,10 +85,10 @@ def override_keys(flags: list[str]) -> list[str]:
 def _arm_error(name: str, flags: list[str]) -> str | None:
     """Why this arm would change the footing (model, env, reward, sampling, buffer, budget)."""
     for key in override_keys(flags):
-        if key.split(".")[0] != "trainer" and not key.startswith(ARM_BUFFER_KEYS):
+        if key.split(".")[0] != "trainer" and not key.startswith(ARM_KEYS):
             return (f"arm {name!r} sets {key}: an arm may change only the algorithm (trainer.*, "
-                    "buffer.replay.*, buffer.max_lag, teacher.*); settings for every arm go on "
-                    "the command line outside --arm")
+                    "buffer.replay.*, buffer.max_lag, teacher.*, curriculum.*); settings for "
+                    "every arm go on the command line outside --arm")
         if key == "trainer.groups_per_step":
             return f"arm {name!r} sets {key}: it changes the samples per step, i.e. the budget"
     return None

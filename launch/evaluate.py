@@ -1,6 +1,7 @@
 """Held-out accuracy of one or more checkpoints: greedy answers to problems the run never saw.
 
     python launch/evaluate.py runs/quickstart/final smollm2-135m-instruct --count 200
+    python launch/evaluate.py runs/c/final --env.kind reasoning_gym ... --by level
 
 Problems come from the env's held-out stream (arithmetic: a seed stream disjoint from training;
 a JSONL env: pass a held-out file with --env.path). Each model is scored with the same reward
@@ -22,8 +23,14 @@ def positive_int(text: str) -> int:
     return value
 
 
-async def accuracy(path: str, config, count: int) -> float:
-    """`path`: a model resolved by `resolve_model`."""
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+async def scores(path: str, config, count: int) -> list[tuple[dict, float]]:
+    """Each held-out prompt's metadata and the model's score on it; `path`: a model resolved by
+    `resolve_model`."""
     from transformers import AutoTokenizer
 
     from slipstream.envs import build_env
@@ -47,13 +54,16 @@ async def accuracy(path: str, config, count: int) -> float:
     with RewardRunner(build_reward(config.reward), config.reward.timeout_s) as rewards:
         results = rewards.score([(c.text, p.reference, p.metadata)
                                  for c, p in zip(completions, prompts)])
-    return sum(r.score for r in results) / len(results)
+    return [(dict(p.metadata), r.score) for p, r in zip(prompts, results)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="checkpoint directories or model names")
     parser.add_argument("--count", type=positive_int, default=200, help="held-out problems")
+    parser.add_argument("--by", metavar="KEY", help=(
+        "also the accuracy per value of this prompt metadata key (level: reasoning-gym's "
+        "difficulty)"))
     args, overrides = parser.parse_known_args()
     # The quickstart's env and reward unless overridden (e.g. --env.digits 1).
     config = parse_config(overrides, env={"kind": "arithmetic", "digits": 2})
@@ -62,8 +72,15 @@ def main() -> None:
     # Every model is checked before the first engine starts.
     paths = [resolve_model(model) for model in args.models]
     for model, path in zip(args.models, paths):
-        score = asyncio.run(accuracy(path, config, args.count))
-        print(f"{model}: held-out accuracy {score:.3f} on {args.count} problems", flush=True)
+        scored = asyncio.run(scores(path, config, args.count))
+        print(f"{model}: held-out accuracy {mean(s for _, s in scored):.3f} on {len(scored)} "
+              "problems", flush=True)
+        if args.by:
+            parts: dict[str, list[float]] = {}
+            for metadata, score in scored:
+                parts.setdefault(str(metadata.get(args.by)), []).append(score)
+            for value, part in sorted(parts.items()):
+                print(f"  {args.by}={value}: accuracy {mean(part):.3f} on {len(part)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,13 @@ def test_a_distillation_arm_may_choose_its_teacher():
     assert run_flags(plan, plan.arms[1], 0)[-2:] == ["--teacher.members", members]
 
 
+def test_a_curriculum_arm_may_choose_its_prompts_but_not_its_env():
+    plan = parse_args(["--recipes", "grpo", "--arm", "edge=--curriculum.kind edge"])
+    assert run_flags(plan, plan.arms[1], 0)[-2:] == ["--curriculum.kind", "edge"]
+    with pytest.raises(SlipstreamError, match="sets env.levels"):
+        parse_args(["--recipes", "grpo", "--arm", "easy=--env.levels [0]"])
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["--recipes", "grpo", "--arm", "big=--model.path other"],
      "arm 'big' sets model.path: an arm may change only the algorithm"),
