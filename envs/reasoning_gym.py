@@ -31,6 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from slipstream.envs.base import Prompt, check_index
+from slipstream.errors import SlipstreamError
 
 HELD_OUT_SEED_OFFSET = 10**6
 _LEVEL_STRIDE = 10**8               # above any dataset size (10**7): levels never share seeds
@@ -159,7 +160,13 @@ class ReasoningGymEnv:
 
     def _make(self, seed: int, index: int, levels: tuple[int, ...]) -> Prompt:
         level = random.Random(f"{seed}:{index}").choice(levels) if levels else None
-        entry = self._dataset(seed, level)[index % self.config.size]
+        try:
+            entry = self._dataset(seed, level)[index % self.config.size]
+        except Exception as error:  # noqa: BLE001 - a generator's failure, named in one line
+            raise SlipstreamError(
+                f"reasoning-gym task {self.config.task!r} failed to generate item {index} at "
+                f"level {level} ({type(error).__name__}: {error}); change its config or levels"
+            ) from None
         messages = ({"role": "system", "content": self._system},) if self._system else ()
         level_tag = "" if level is None else f"-l{level}"
         return Prompt(

@@ -1,8 +1,11 @@
 """Library envs end to end on the real stack: the launch scripts on the tiny model."""
 
 import json
+import re
+import subprocess
+import sys
 
-from e2e_helpers import launch, read_metrics
+from e2e_helpers import ROOT, launch, read_metrics
 
 
 def _samples(run_dir):
@@ -33,6 +36,23 @@ def test_countdown_trains_on_reasoning_gym_scored_by_its_own_scorer(tiny_model, 
         assert sample["env_metadata"]["task"] == "countdown"
         assert sample["env_metadata"]["level"] in (0, 1)
         assert sample["prompt_id"].startswith("rg-countdown-l")
+    # Held-out accuracy per difficulty, a level only evaluation sees (2) included.
+    evaluation = subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "evaluate.py"), str(out / "final"), "--count", "6",
+         "--by", "level", "--env.kind", "reasoning_gym", "--env.task", "countdown",
+         "--env.config", '{"min_numbers": 3, "max_numbers": 3, "min_value": 1, "max_value": 20, '
+         '"min_target": 10, "max_target": 60}',
+         "--env.levels", "[0, 1]", "--env.held-out-levels", "[2]", "--reward.kind",
+         "reasoning_gym", "--model.max-model-len", "1024", "--rollout.max-new-tokens", "8",
+         "--model.dtype", "float32"], capture_output=True, text=True, timeout=300)
+    assert evaluation.returncode == 0, evaluation.stderr[-2000:]
+    lines = evaluation.stdout.splitlines()        # vLLM logs to stdout too: ours come last
+    first = next(i for i, line in enumerate(lines) if "held-out accuracy" in line)
+    assert re.fullmatch(r".*: held-out accuracy [0-9.]+ on 6 problems", lines[first])
+    per_level = [re.fullmatch(r"  level=(\d): accuracy [0-9.]+ on (\d+)", line)
+                 for line in lines[first + 1:]]
+    assert all(per_level) and {m.group(1) for m in per_level} <= {"0", "1", "2"}
+    assert sum(int(m.group(2)) for m in per_level) == 6
 
 
 def test_multi_turn_episodes_through_the_pipeline_env_tokens_never_trained(tiny_model, tmp_path):

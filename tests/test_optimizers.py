@@ -157,7 +157,9 @@ def _compare(tiny_path, config, zero_stage, dtype, grad_clip, monkeypatch):
 
 
 # |update - reference update| / |reference update|, by dtype and by which rule steps the parameter.
-# fp32 differs only by summation order and Newton-Schulz in fp32 vs fp64 (measured <= 3e-4).
+# fp32 differs only by summation order and Newton-Schulz in fp32 vs fp64: measured <= 3e-4 on
+# one machine, and on a Xeon with AMX (where oneDNN picks other fp32 kernels) Muon matrices
+# <= 0.016 and the AdamW parameters <= 0.0024, with the same code and packages.
 # bf16 rounds every weight after a step and takes step 2's gradient at the rounded weights, and
 # Newton-Schulz on this gradient (192 tokens a step, a fast-decaying spectrum) magnifies small
 # differences in its weak directions. Measured: Muon matrices <= 0.055 at ZeRO 0 and <= 0.11 at
@@ -165,7 +167,7 @@ def _compare(tiny_path, config, zero_stage, dtype, grad_clip, monkeypatch):
 # bf16 Newton-Schulz is 0.09 off float64 on this gradient); the rest <= 0.02. A wrong rule is far
 # outside: the refused ZeRO 1/2 clip puts the Muon step 0.975 off, and the other adjust_lr_fn
 # changes a 128 x 128 matrix's step 2.26-fold.
-TOLERANCE = {("float32", True): 2e-3, ("float32", False): 2e-3,
+TOLERANCE = {("float32", True): 0.05, ("float32", False): 0.01,
              ("bfloat16", True): 0.2, ("bfloat16", False): 0.05}
 MUON = MuonConfig(weight_decay=0.5, adamw=AdamWConfig(weight_decay=0.5))
 

@@ -82,3 +82,11 @@ def test_the_runner_passes_metadata_only_to_a_reward_that_takes_it():
 def test_the_reasoning_gym_reward_needs_its_env():
     with pytest.raises(SlipstreamError, match="env.kind=arithmetic has none"):
         parse_config(["--reward.kind", "reasoning_gym"])
+
+
+def test_a_generator_that_fails_is_one_line_naming_task_level_and_item():
+    # countdown's default bands at level 2 (targets 1000-5000 from 9-12 numbers of 200-300)
+    # defeat its own generator.
+    env = _env(task="countdown", levels=(0,), held_out_levels=(2,))
+    with pytest.raises(SlipstreamError, match=r"countdown. failed to generate item \d+ at level 2"):
+        env.held_out(6)
