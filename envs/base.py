@@ -67,7 +67,8 @@ class TurnEnv(Env, Protocol):
     """An env that answers the policy's turns until the episode ends."""
 
     max_turns: int                  # policy turns per episode, at most
-    # Optional: tokens one policy turn may take (None or absent: the rest of the budget).
+    # Optional: tokens one policy turn may take (None or absent: the rest of the budget), and
+    # `step_timeout_s`, seconds one `step` may take (absent: 120).
 
     def episode(self, prompt: Prompt) -> Episode:
         """A fresh episode starting from `prompt`."""

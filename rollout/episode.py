@@ -10,7 +10,8 @@ Choices:
   bounds what the learner sees, whatever the env prints. An env may also cap each policy turn
   (its `max_turn_tokens`); a turn cut there still goes to the env, which answers what it got.
   An env answer that does not fit ends the episode with finish reason "length"; an episode cut
-  by `max_turns` ends with "turns".
+  by `max_turns` ends with "turns". An env answer that raises or takes longer than the env's
+  `step_timeout_s` (120 s unless it says) ends the episode with reward 0 and the reason.
 - The env's tokens are the chat template's own rendering of its messages after the policy's
   turn: the conversation is templated with and without the answer, and the difference, with the
   template's end-of-turn marker in front (less the end-of-turn token the policy stopped on), is
@@ -42,6 +43,7 @@ from slipstream.rollout.engine_api import Engine
 from slipstream.rollout.group import encode_prompt, generate_group, sample_seed, token_texts
 
 _TURN_SEED_STRIDE = 7_919
+_STEP_TIMEOUT_S = 120.0               # an env's answer, unless it sets `step_timeout_s`
 _STAND_IN = "SLIPSTREAMTURNCONTENT"   # the policy turn's content while templating the env's
 
 
@@ -107,8 +109,13 @@ async def _run_episode(engine: Engine, tokenizer, env: TurnEnv, prompt: Prompt,
         if len(out.ids) >= budget:        # a turn cut by its own cap still goes to the env
             out.finish_reason = "length"
             return out
+        timeout = getattr(env, "step_timeout_s", None) or _STEP_TIMEOUT_S
         try:
-            reply = await asyncio.to_thread(episode.step, turn.text)
+            reply = await asyncio.wait_for(asyncio.to_thread(episode.step, turn.text), timeout)
+        except asyncio.TimeoutError:     # its thread is left to finish; the episode ends here
+            out.env_error = f"env step timed out after {timeout:g}s"
+            out.finish_reason = "env_error"
+            return out
         except Exception as error:  # noqa: BLE001 - an env bug ends this episode, not the run
             out.env_error, out.finish_reason = f"env step raised {one_line(error)}", "env_error"
             return out

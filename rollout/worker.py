@@ -2,7 +2,9 @@
 
     run():  groups_in_flight loops, each:  ticket <- buffer.acquire_ticket()   (waits: backpressure,
                                                                                 staleness bound)
-                                           group  <- rollout_group(env.prompt(ticket))
+                                           index  <- ticket, or the curriculum's pick
+                                                     (buffer.prompt_index)
+                                           group  <- rollout_group(env.prompt(index))
                                                      (episodes when the env takes turns)
                                            group  <- teacher.score(group)   (distillation only)
                                            buffer.put(ticket, group)

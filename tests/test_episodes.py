@@ -126,6 +126,11 @@ def test_limits_end_episodes_turns_budget_and_env_errors(tokenizer, rewards):
                       broken).samples[0]
     assert sample.finish_reason == "env_error" and sample.reward == 0.0
     assert sample.reward_error == "env step raised RuntimeError: scripted env failure"
+    hanging = ScriptedTurnEnv(seed=0, turns=3, hang_at=1, step_timeout_s=0.5)
+    sample = _rollout(ScriptedEngine(tokenizer, ["a", "b", "c"]), tokenizer, rewards,
+                      hanging, group_size=1).samples[0]
+    assert sample.finish_reason == "env_error" and sample.turns == 1
+    assert sample.reward_error == "env step timed out after 0.5s"
 
 
 def test_the_calculator_is_bounded_and_never_evaluates_code():
