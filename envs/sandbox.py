@@ -15,7 +15,7 @@ site) in a new session, in its own temporary directory, removed afterwards:
   runs and impossible to remove from Python, refuses sockets, subprocesses, exec, fork, signals
   to other processes, ctypes (which could reach around the hook), and any open, listing or
   change of a path outside the temporary directory, except reading (and listing) the standard
-  library the interpreter imports from.
+  library the interpreter imports from (not installed packages).
 The audit hook is a Python-level guard: it stops Python code, which is what the model writes,
 not a native exploit of the interpreter. A run needing a hard boundary against that should
 also run the worker in a container or a network namespace.
@@ -60,9 +60,12 @@ _PATH_EVENTS = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "o
                 "os.mknod"}
 _LISTING_EVENTS = {"os.listdir", "os.scandir", "os.walk", "glob.glob"}   # imports list stdlib
 _WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+_ONLY_ROOT = (_ROOT,)
 
 def _inside(path, roots):
     real = os.path.realpath(path)
+    if roots is not _ONLY_ROOT and {"site-packages", "dist-packages"} & set(real.split(os.sep)):
+        return False                            # installed packages are not the stdlib
     return any(real == r or real.startswith(r + os.sep) for r in roots)
 
 def _paths(args):
@@ -79,11 +82,11 @@ def _guard(event, args):
             return                                  # an open file descriptor
         writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or \
             bool((flags or 0) & _WRITE)
-        if _inside(path, (_ROOT,)) or (not writing and _inside(path, _READABLE)):
+        if _inside(path, _ONLY_ROOT) or (not writing and _inside(path, _READABLE)):
             return
         raise PermissionError(f"sandbox: no access to {os.fsdecode(path)!r}")
     if event in _PATH_EVENTS or event in _LISTING_EVENTS:
-        roots = (_ROOT, *_READABLE) if event in _LISTING_EVENTS else (_ROOT,)
+        roots = (_ROOT, *_READABLE) if event in _LISTING_EVENTS else _ONLY_ROOT
         for path in _paths(args):
             if not _inside(path, roots):
                 raise PermissionError(f"sandbox: no access to {os.fsdecode(path)!r}")
@@ -122,9 +125,10 @@ class SandboxResult:
 
 
 def _readable_roots() -> str:
-    paths = sysconfig.get_paths()
-    roots = {paths["stdlib"], paths["platstdlib"], sys.base_prefix, sys.base_exec_prefix}
-    return os.pathsep.join(sorted(r for r in roots if r))
+    # The base interpreter's lib/python3.X (lib-dynload inside it); a venv's own lib is where
+    # its packages are, so not that. Its site-packages are refused by the hook.
+    return sysconfig.get_path("stdlib", vars={"installed_base": sys.base_prefix,
+                                              "base": sys.base_prefix})
 
 
 def _limit_args(limits: SandboxLimits) -> list[str]:

@@ -65,7 +65,8 @@ def test_the_filesystem_outside_its_directory_is_refused(tmp_path):
                 f"import os\nprint(os.listdir({str(tmp_path)!r}))",
                 f"import os\nos.remove({str(secret)!r})",
                 f"import os\nos.symlink({str(secret)!r}, 'link')\nprint(open('link').read())",
-                f"import shutil\nshutil.copyfile({str(secret)!r}, 'copy')"]
+                f"import shutil\nshutil.copyfile({str(secret)!r}, 'copy')",
+                f"print(open({pytest.__file__!r}).read())"]      # installed packages too
     for code in attempts:
         result = run_python(code, LIMITS)
         assert result.status == "error" and "sandbox:" in result.output, code
