@@ -10,13 +10,14 @@ Choices:
 - Difficulty is reasoning-gym's own curriculum level (`levels`): the task's curriculum sets its
   attributes at that global level, in its upper-bound mode (each level its own band of values,
   not every value up to it, so levels are distinct difficulties), then `config` overrides them.
-  With several levels a problem's level is drawn per index, so the stream mixes them; `held_out_levels` adds levels only the
-  evaluation sees (a difficulty never trained on). Prompts record their level in metadata, which
+  With several levels a problem's level is drawn per index, so the stream mixes them;
+  `held_out_levels` adds levels only the evaluation sees (a difficulty never trained on). Prompts record their level in metadata, which
   the curriculum (envs/curriculum.py) and per-level evaluation read.
 - reasoning-gym seeds item `idx` of a dataset of seed `s` with `s + idx`, so two streams whose
-  seeds are close would share items. Each (seed, level) dataset gets a seed spread by a large
-  prime, the held-out stream uses seed + 10**6 like the other envs, and an index wraps around the
-  dataset's `size`, so items never collide across the streams here.
+  seeds are close would share items. Each (seed, level) dataset's seed is spread apart (seed x
+  10**10 + level x 10**8, above any dataset size), the held-out stream uses seed + 10**6 like the
+  other envs, and an index wraps around the dataset's `size`, so items never collide across the
+  streams here.
 - The entry the scorer needs (answer and metadata) travels in the prompt's metadata, made
   JSON-safe; the reference is the task's gold answer, shown as is in the inspector.
 """

@@ -46,8 +46,10 @@ def launch(script: str, model: str, out: Path, *extra: str, timeout: int = 400,
 
     The command line is `--model.path model --output-dir out`, then `SMALL` (a small run: fp32,
     2 groups of 4, 16 new tokens, the `digit_share` test reward), then `--env.digits 1` (not for
-    gsm8k.py, countdown.py, tools.py or an `--env.kind` in `extra`), then `extra`; a later flag overrides an earlier one, so `extra`
-    can change any of them (a `--reward.kind` there drops the test reward's flags). tests/ is on PYTHONPATH, so `--reward.function rewards_for_tests:...` imports.
+    gsm8k.py, countdown.py, tools.py or an `--env.kind` in `extra`), then `extra`; a later flag
+    overrides an earlier one, so `extra` can change any of them (a `--reward.kind` there drops
+    the test reward's flags). tests/ is on PYTHONPATH, so `--reward.function
+    rewards_for_tests:...` imports.
 
     Returns the finished process like `subprocess.run(..., capture_output=True, text=True)`:
     `returncode`, `stdout`, `stderr`, plus `processes` (see `Launched`). A failing run is not an

@@ -16,9 +16,9 @@ def _env(**fields):
 
 
 def test_any_task_its_config_passed_through_and_deterministic():
-    env = _env(task="countdown", config={"min_numbers": 3, "max_numbers": 3, "min_target": 10, "max_target": 60})
-    first, again = env.prompt(5), _env(task="countdown", config={
-        "min_numbers": 3, "max_numbers": 3, "min_target": 10, "max_target": 60}).prompt(5)
+    small = {"min_numbers": 3, "max_numbers": 3, "min_target": 10, "max_target": 60}
+    env = _env(task="countdown", config=small)
+    first, again = env.prompt(5), _env(task="countdown", config=small).prompt(5)
     assert first == again and first.prompt_id == "rg-countdown-s0-000005"
     entry = first.metadata["entry"]
     assert len(entry["metadata"]["numbers"]) == 3 and entry["metadata"]["target"] <= 60
