@@ -77,6 +77,11 @@ def test_multi_turn_episodes_through_the_pipeline_env_tokens_never_trained(tiny_
         assert all(w == 0.0 for w, e in zip(row["importance_weights_T"], env_T) if e)
     # Deterministic mode: every policy token's own-version logprob equals the sampler's.
     assert all(m["mismatch/max_abs_logprob_diff"] == 0.0 for m in metrics)
+    for row in multi:
+        own, sample = row["own_version_logprobs_T"], row["sample"]
+        assert own is not None
+        assert all(a == b for a, b, e in zip(own, sample["sampler_logprobs_T"],
+                                               sample["env_tokens_T"]) if not e)
 
 
 def test_tools_script_runs_on_the_real_stack(tiny_model, tmp_path):

@@ -54,9 +54,11 @@ class StepRecord:
         else:
             own_B_T, ok_B_T = own
             self.gap.add(logprobs, micro, own_B_T, ok_B_T)
-            # A sample with any token no held version reproduces gets None, not a mix.
-            self.own_logprobs.extend(tuple(row[:n].tolist()) if bool(ok[:n].all()) else None
-                                     for row, ok, n in zip(own_B_T, ok_B_T, lengths))
+            # A sample with any policy token no held version reproduces gets None, not a mix
+            # (an env's tokens were sampled by none: they do not count).
+            self.own_logprobs.extend(
+                tuple(row[:n].tolist()) if bool((ok[:n] | ~policy[:n]).all()) else None
+                for row, ok, policy, n in zip(own_B_T, ok_B_T, micro.mask_B_T, lengths))
         self.trainer_logprobs.extend(tuple(row[:n].tolist()) for row, n in zip(logprobs, lengths))
         first = len(self.token_fields)
         self.token_fields.extend(_env_tokens_marked(fields, self.batch.samples[first + k])
