@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from statistics import fmean
 
 from slipstream.launch.cli import main_guard, parse_config
 
@@ -21,11 +22,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
-
-
-def mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values)
 
 
 async def scores(path: str, config, count: int) -> list[tuple[dict, float]]:
@@ -73,14 +69,14 @@ def main() -> None:
     paths = [resolve_model(model) for model in args.models]
     for model, path in zip(args.models, paths):
         scored = asyncio.run(scores(path, config, args.count))
-        print(f"{model}: held-out accuracy {mean(s for _, s in scored):.3f} on {len(scored)} "
+        print(f"{model}: held-out accuracy {fmean(s for _, s in scored):.3f} on {len(scored)} "
               "problems", flush=True)
         if args.by:
             parts: dict[str, list[float]] = {}
             for metadata, score in scored:
                 parts.setdefault(str(metadata.get(args.by)), []).append(score)
             for value, part in sorted(parts.items()):
-                print(f"  {args.by}={value}: accuracy {mean(part):.3f} on {len(part)}", flush=True)
+                print(f"  {args.by}={value}: accuracy {fmean(part):.3f} on {len(part)}", flush=True)
 
 
 if __name__ == "__main__":
