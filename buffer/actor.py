@@ -1,6 +1,6 @@
 """The replay buffer as a Ray actor, and its files on disk.
 
-The actor is async: a worker's `acquire_ticket` and the learner's `take_batch` wait on one
+The actor is async: a worker's `acquire_work` and the learner's `take_batch` wait on one
 `asyncio.Condition` instead of polling, and every state change notifies it. The policy itself
 lives in `ReplayBuffer` (pure, unit-tested); this file only adds waiting and files.
 
@@ -26,7 +26,7 @@ from slipstream.buffer.snapshots import append_evictions, write_snapshot
 
 class IdleClock:
     """Seconds in which no group was being generated: every worker waited for a ticket (held
-    back by max_lag or the pinned schedule), so the engines' cores sat idle. Counted from the
+    back by max_lag or the pinned schedule) and none explored, so the engines' cores sat idle. Counted from the
     first ticket handed out (the engines' start-up is not idleness the learner can use)."""
 
     def __init__(self) -> None:
@@ -68,6 +68,7 @@ class ReplayBufferActor:
         self._closed = False
         self._evictions_logged = 0        # lines in evictions.jsonl (a resume cuts it there)
         self._holder: dict[int, int] = {}  # ticket in flight -> the worker generating it
+        self._exploring: dict[int, int] = {}  # prompt explored now -> the worker exploring it
         self._idle = IdleClock()            # while no ticket is held
         self._curriculum = None
         if curriculum is not None:
@@ -86,26 +87,53 @@ class ReplayBufferActor:
         async with self._changed:
             self._changed.notify_all()
 
-    async def acquire_ticket(self, worker_id: int = 0) -> int | None:
-        """Wait until a group may be started; None once the buffer is closed. The ticket is
-        `worker_id`'s until its group is put (`reissue_worker`)."""
+    async def acquire_work(self, worker_id: int = 0) -> tuple[str, int] | None:
+        """Wait for work: ("ticket", t) once a group may be started, the ticket `worker_id`'s
+        until its group is put (`reissue_worker`); while none may, ("explore", index) if the
+        curriculum explores (envs/curriculum.py) and has an unsolved prompt; None once the
+        buffer is closed."""
         async with self._changed:
             while not self._closed:
                 ticket = self._buffer.try_ticket()
                 if ticket is not None:
                     self._holder[ticket] = worker_id
                     self._idle.busy()
-                    return ticket
+                    return "ticket", ticket
+                index = self._explore_index()
+                if index is not None:
+                    self._exploring[index] = worker_id
+                    self._idle.busy()
+                    return "explore", index
                 await self._changed.wait()
         return None
+
+    def _explore_index(self) -> int | None:
+        curriculum = self._curriculum
+        if curriculum is None or not curriculum.config.explore_k or \
+                len(self._exploring) >= curriculum.config.explore_in_flight:
+            return None
+        return curriculum.explore_index()
+
+    def _maybe_idle(self) -> None:
+        if not self._holder and not self._exploring:
+            self._idle.idle()
+
+    async def explored(self, index: int, rewards: list[float], metadata: dict) -> bool:
+        """An exploration group of prompt `index` is done: kept when one sample succeeded."""
+        self._exploring.pop(index, None)
+        self._maybe_idle()
+        kept = self._curriculum.observe_exploration(index, rewards, metadata)
+        await self._notify()
+        return kept
 
     async def reissue_worker(self, worker_id: int) -> list[int]:
         """The tickets `worker_id` held (its process died): handed out again, to any worker."""
         lost = sorted(t for t, w in self._holder.items() if w == worker_id)
         for ticket in lost:
             del self._holder[ticket]
-        if not self._holder:
-            self._idle.idle()
+        for index in [i for i, w in self._exploring.items() if w == worker_id]:
+            del self._exploring[index]          # its prompt is dropped, not explored again
+        self._maybe_idle()
         self._buffer.reissue_tickets(lost)
         await self._notify()
         return lost
@@ -118,8 +146,7 @@ class ReplayBufferActor:
         if self._curriculum is not None and group.samples:
             self._curriculum.observe(ticket, group.rewards_G, group.samples[0].env_metadata)
         self._holder.pop(ticket, None)
-        if not self._holder:
-            self._idle.idle()
+        self._maybe_idle()
         try:
             self._buffer.put(ticket, group)
         finally:

@@ -19,9 +19,19 @@ Choices:
   per bucket), so every prompt is still `env.prompt(index)` and no prompt is used twice. The
   buckets are the ones the first `discover` prompts of the stream show.
 - `uniform` (the default) is no curriculum: ticket k is prompt k, as without this module.
-- The state (window per bucket, cursors, the index of every ticket in flight, the random
-  generator) is plain JSON, part of the buffer's checkpoint, so a resumed run picks as the
-  uninterrupted one would have.
+- Exploration (`explore_k` > 0): when a worker would wait for a ticket (held back by the
+  staleness bound or the buffer's capacity: on this CPU, the learner is the bottleneck), the
+  buffer hands it an unsolved bucket's next prompt to sample `explore_k` times instead. A group
+  with no success is discarded. One with a success is kept: it joins its bucket's window (the
+  bucket is then at the edge, drawn with weight 1), and its prompt is the next ticket's, ahead
+  of any draw. The exploration samples themselves never train: every step whose staleness
+  bound their weights meet has its groups handed out already (that is why the worker was idle),
+  so a place in a batch would push a fresh group past its bound; the prompt is trained on by a
+  fresh group under the bound instead.
+- The state (window per bucket, cursors, the index of every ticket in flight, the prompts found
+  by exploration, the random generators) is plain JSON, part of the buffer's checkpoint, so a
+  resumed run picks as the uninterrupted one would have (an exploration in flight at the
+  checkpoint is dropped; its prompt is not drawn again).
 """
 
 from __future__ import annotations
@@ -56,6 +66,11 @@ class CurriculumConfig(BaseModel):
         "Draw weight of a mastered or unsolved bucket (an edge bucket weighs 1)."))
     discover: int = Field(256, ge=1, le=_SCAN_LIMIT, description=(
         "Stream positions read at start to find the buckets."))
+    explore_k: int = Field(0, ge=0, le=256, description=(
+        "Samples per exploration group, drawn on idle worker capacity from unsolved buckets "
+        "(more than rollout.group_size); 0: no exploration."))
+    explore_in_flight: int = Field(1, ge=1, le=64, description=(
+        "Exploration groups generated at once, over all workers."))
 
 
 def bucket_status(results: Sequence[Sequence[bool]], config: CurriculumConfig) -> str:
@@ -94,6 +109,11 @@ class EdgeCurriculum:
         self._cursor: dict[str, int] = {b: 0 for b in self.buckets}
         self._tickets: dict[int, int] = {}          # ticket in flight -> its stream index
         self._picks: dict[str, int] = {b: 0 for b in self.buckets}
+        # Exploration draws from its own generator, so whether the workers happened to be idle
+        # does not change the regular draws.
+        self._explore_rng = random.Random(f"explore:{seed}")
+        self._found: list[int] = []        # prompts exploration solved, not yet handed out
+        self._explored = {"groups": 0, "kept": 0}
 
     def _key(self, metadata: Mapping[str, Any]) -> str | None:
         value = metadata.get(self.config.key)
@@ -107,6 +127,8 @@ class EdgeCurriculum:
 
     def index_for(self, ticket: int) -> int:
         """The stream index of `ticket`'s prompt: the same on every call for one ticket."""
+        if ticket not in self._tickets and self._found:
+            self._tickets[ticket] = self._found.pop(0)
         if ticket not in self._tickets:
             weights = self.weights()
             if sum(weights.values()) == 0:      # reprobe 0 and every bucket retired
@@ -135,6 +157,30 @@ class EdgeCurriculum:
         window.append([r >= self.config.success for r in rewards])
         del window[:-self.config.window]
 
+    def explore_index(self) -> int | None:
+        """The stream index of a prompt to explore: the next of a random unsolved bucket;
+        None when no bucket is unsolved."""
+        unsolved = [b for b in self.buckets
+                    if bucket_status(self._results[b], self.config) == "unsolved"]
+        if not unsolved:
+            return None
+        return self._next_index(self._explore_rng.choice(unsolved))
+
+    def observe_exploration(self, index: int, rewards: Sequence[float],
+                            metadata: Mapping[str, Any]) -> bool:
+        """An exploration group of prompt `index`: kept (True) when one sample succeeded."""
+        self._explored["groups"] += 1
+        successes = [r >= self.config.success for r in rewards]
+        bucket = self._key(metadata)
+        if not any(successes) or bucket not in self._results:
+            return False
+        self._explored["kept"] += 1
+        window = self._results[bucket]
+        window.append(successes)
+        del window[:-self.config.window]
+        self._found.append(index)
+        return True
+
     def metrics(self) -> dict[str, float]:
         """`curriculum/<bucket>/pass1`, `/passk` (over its window; absent before its first
         group), `/weight` and `/picks` (prompts handed out since the run began)."""
@@ -146,18 +192,34 @@ class EdgeCurriculum:
                 metrics[f"curriculum/{b}/pass1"], metrics[f"curriculum/{b}/passk"] = rates
             metrics[f"curriculum/{b}/weight"] = weights[b]
             metrics[f"curriculum/{b}/picks"] = self._picks[b]
+        if self.config.explore_k:
+            metrics["curriculum/explore/groups"] = self._explored["groups"]
+            metrics["curriculum/explore/kept"] = self._explored["kept"]
         return metrics
 
     def state(self) -> dict[str, Any]:
-        version, internal, gauss = self._rng.getstate()
         return {"results": self._results, "cursor": self._cursor, "picks": self._picks,
                 "tickets": {str(t): i for t, i in self._tickets.items()},
-                "rng": [version, list(internal), gauss]}
+                "rng": _rng_state(self._rng), "explore_rng": _rng_state(self._explore_rng),
+                "found": self._found, "explored": self._explored}
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self._results = {b: [list(g) for g in state["results"].get(b, [])] for b in self.buckets}
         self._cursor = {b: int(state["cursor"].get(b, 0)) for b in self.buckets}
         self._picks = {b: int(state["picks"].get(b, 0)) for b in self.buckets}
         self._tickets = {int(t): int(i) for t, i in state["tickets"].items()}
-        version, internal, gauss = state["rng"]
-        self._rng.setstate((version, tuple(internal), gauss))
+        _set_rng_state(self._rng, state["rng"])
+        if "explore_rng" in state:      # absent in checkpoints written before exploration
+            _set_rng_state(self._explore_rng, state["explore_rng"])
+            self._found = [int(i) for i in state["found"]]
+            self._explored = {k: int(v) for k, v in state["explored"].items()}
+
+
+def _rng_state(rng: random.Random) -> list:
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_rng_state(rng: random.Random, state: Sequence) -> None:
+    version, internal, gauss = state
+    rng.setstate((version, tuple(internal), gauss))

@@ -119,6 +119,7 @@ class RunConfig(_Strict):
         self._check_loss()
         self._check_teacher()
         self._check_env()
+        self._check_exploration()
         self.buffer.replay.check(self.buffer.max_lag, self.trainer.groups_per_step,
                                  self.buffer.schedule)
         check_zero_stage(self.trainer.optimizer, self.trainer.zero_stage, self.model.dtype,
@@ -147,8 +148,26 @@ class RunConfig(_Strict):
             raise ValueError(f"trainer.loss.advantage={loss.advantage} compares the samples of "
                              f"a group: rollout.group_size must be at least 2")
 
+    def _check_exploration(self) -> None:
+        explore_k = self.curriculum.explore_k
+        if not explore_k:
+            return
+        if self.curriculum.kind != "edge":
+            raise ValueError("curriculum.explore_k explores the edge curriculum's unsolved "
+                             "buckets: set curriculum.kind=edge")
+        if explore_k <= self.rollout.group_size:
+            raise ValueError(f"curriculum.explore_k ({explore_k}) must exceed "
+                             f"rollout.group_size ({self.rollout.group_size}): exploring asks "
+                             "for more samples than a group already draws")
+        if self.buffer.schedule == "pinned":
+            raise ValueError("curriculum.explore_k makes the prompts depend on when workers sat "
+                             "idle, which buffer.schedule=pinned exists to rule out")
+
     def _check_env(self) -> None:
-        """What the env asks of the reward and the loss."""
+        """What the env asks of the reward and the loss, and the reward of the run."""
+        if self.reward.kind == "judge" and self.deterministic:
+            raise ValueError("reward.kind=judge answers on vLLM, whose greedy verdicts may "
+                             "change with batching: deterministic=true could not repeat them")
         if self.reward.kind == "reasoning_gym" and self.env.kind != "reasoning_gym":
             raise ValueError(f"reward.kind=reasoning_gym scores with the task the env generated "
                              f"from: env.kind={self.env.kind} has none (env.kind reasoning_gym)")

@@ -47,10 +47,11 @@ from slipstream.envs import build_env
 from slipstream.errors import RunStopped, SlipstreamError, one_line
 from slipstream.launch.config import RunConfig
 from slipstream.launch.metrics import batch_metrics, teacher_metrics
+from slipstream.launch.models import resolve_model
 from slipstream.launch.placement import LearnerThreads, Placement, check_hosts, plan
 from slipstream.launch.resume import RUN_STATE, ResumePoint, begin_resume
 from slipstream.launch.run_dir import RunDirectory, learner_args, resolved_model, reward_summary
-from slipstream.launch.teacher_actors import check_teachers, start_teachers
+from slipstream.launch.teacher_actors import check_teachers, start_judge, start_teachers
 from slipstream.model_config import ModelConfig
 from slipstream.rewards import build_reward
 from slipstream.rollout.sync_client import RayWorkersClient
@@ -67,7 +68,7 @@ class Actors:
     buffer: ray.actor.ActorHandle
     learner: ray.actor.ActorHandle
     workers: list[ray.actor.ActorHandle]
-    teachers: list[ray.actor.ActorHandle]     # TeacherActors (distillation), shared by workers
+    teachers: list[ray.actor.ActorHandle]     # TeacherActors (distillation, the judge), shared
     runs: list[ray.ObjectRef]            # each worker's run() call: ready only if it ends
     new_worker: Callable[[int], ray.actor.ActorHandle]   # a started worker for slot i
     max_restarts: int = 0
@@ -179,14 +180,16 @@ def _start_actors(config: RunConfig, model: ModelConfig, run: RunDirectory,
         num_cpus=0, num_gpus=placement.learner_gpus).remote(config.trainer, model,
                                                             **learner_kwargs)
     teacher_handles, teachers = start_teachers(config, model)
+    judge, reward = start_judge(config, model)
 
     def create(worker_id: int) -> ray.actor.ActorHandle:
         return RolloutWorker.options(num_cpus=config.rollout.cpus_per_worker,
                                      num_gpus=placement.worker_gpus).remote(
-            model, config.rollout, config.env, config.reward, buffer, seed=config.seed,
+            model, config.rollout, config.env, reward, buffer, seed=config.seed,
             deterministic=config.deterministic, worker_id=worker_id,
             weight_transfer=placement.engine_backend, teacher=config.teacher,
-            teacher_actors=teacher_handles, curriculum=curriculum is not None)
+            teacher_actors=teacher_handles, curriculum=curriculum is not None,
+            explore_k=config.curriculum.explore_k, judge=judge)
 
     def new_worker(worker_id: int) -> ray.actor.ActorHandle:
         worker = create(worker_id)
@@ -194,7 +197,8 @@ def _start_actors(config: RunConfig, model: ModelConfig, run: RunDirectory,
         return worker
 
     workers = [create(worker_id) for worker_id in range(config.rollout.num_workers)]
-    actors = Actors(buffer, learner, workers, teachers, runs=[], new_worker=new_worker,
+    actors = Actors(buffer, learner, workers, teachers + [judge] * (judge is not None),
+                    runs=[], new_worker=new_worker,
                     max_restarts=config.rollout.max_worker_restarts)
     ready = [w.start.remote() for w in workers] + [learner.ready.remote()]
     for ref in ready:
@@ -414,7 +418,10 @@ def run(config: RunConfig) -> RunDirectory:
             raise SlipstreamError(f"--resume {config.resume}: that run is the reference "
                                   "loop's; resume it with launch/reference_loop.py")
     model = resolved_model(config)
-    build_reward(config.reward)         # a reward that cannot be imported fails here, in one line
+    if config.reward.kind == "judge":   # a judge model that is not there fails here, in one line
+        resolve_model(config.reward.model)
+    else:                               # a reward that cannot be imported fails here, in one line
+        build_reward(config.reward)
     build_env(config.env, config.seed)  # so does a missing or malformed dataset
     check_teachers(config, model)       # and a missing teacher or context function
     run_dir = RunDirectory(config, resume)

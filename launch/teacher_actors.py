@@ -1,6 +1,7 @@
 """Starting the run's teachers: one `TeacherActor` (rollout/teacher_actor.py) per distinct frozen
 checkpoint among the teacher's members, shared by every rollout worker, with its vocabulary
-checked against the student's before any actor starts."""
+checked against the student's before any actor starts; and a rubric reward's judge, in one more
+(rewards/judge.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from slipstream.errors import SlipstreamError, one_line
 from slipstream.launch.config import RunConfig
 from slipstream.launch.models import resolve_model
 from slipstream.model_config import ModelConfig
+from slipstream.rewards import RewardConfig
 from slipstream.rollout.teacher_actor import TeacherActor, vocabulary_signature
 from slipstream.rollout.teachers import context_function
 
@@ -68,3 +70,23 @@ def start_teachers(config: RunConfig, student: ModelConfig) -> tuple[dict, list]
                                   f"{one_line(error)}") from None
     handles = {name: actors[path] for path, names in paths.items() for name in names}
     return handles, list(actors.values())
+
+
+def start_judge(config: RunConfig, student: ModelConfig
+                ) -> tuple[ray.actor.ActorHandle | None, RewardConfig]:
+    """The judge's actor, started, and the reward config with the judge's path resolved; no
+    actor for a reward that needs none. The judge runs vLLM whatever `deterministic` says
+    (RunConfig refuses the two together)."""
+    reward = config.reward
+    if reward.kind != "judge":
+        return None, reward
+    reward = reward.model_copy(update={"model": resolve_model(reward.model)})
+    judge = TeacherActor.options(num_cpus=0).remote(
+        student.model_copy(update={"path": reward.model}), reward.kv_cache_gb, config.seed,
+        False)
+    try:
+        ray.get(judge.start.remote(), timeout=600)
+    except (RayTaskError, RayActorError) as error:
+        raise SlipstreamError(f"reward judge ({reward.model}) failed to start: "
+                              f"{one_line(error)}") from None
+    return judge, reward

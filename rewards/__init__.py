@@ -1,9 +1,10 @@
 """Rewards: pure functions `(completion, reference) -> score`, run with a time limit.
 
-Three kinds: `math_verify` (the answer checked by math-verify), `reasoning_gym` (the scorer of
-the reasoning-gym task the env generated from) and `python`, any importable function
+Four kinds: `math_verify` (the answer checked by math-verify), `reasoning_gym` (the scorer of
+the reasoning-gym task the env generated from), `python`, any importable function
 `"package.module:function"` taking (completion, reference) or (completion, reference, metadata),
-for a reward of one's own.
+for a reward of one's own, and `judge`, a judge model scoring against a rubric (rewards/judge.py),
+which runs in the pipeline's judge actor rather than as a function.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from slipstream.errors import SlipstreamError
+from slipstream.rewards.judge import JudgeRewardConfig, JudgeRewards
 from slipstream.rewards.math_verify import math_verify_reward
 from slipstream.rewards.reasoning_gym import reasoning_gym_reward
 from slipstream.rewards.runner import RewardResult, RewardRunner
@@ -53,7 +56,7 @@ class PythonRewardConfig(BaseModel):
 
 
 RewardConfig = Annotated[Union[MathVerifyRewardConfig, ReasoningGymRewardConfig,
-                               PythonRewardConfig], Field(discriminator="kind")]
+                               PythonRewardConfig, JudgeRewardConfig], Field(discriminator="kind")]
 
 
 def build_reward(config: RewardConfig) -> Callable[..., float]:
@@ -64,9 +67,12 @@ def build_reward(config: RewardConfig) -> Callable[..., float]:
         return reasoning_gym_reward
     if config.kind == "python":
         return import_function(config.function, "reward.function")
+    if config.kind == "judge":
+        raise SlipstreamError("reward.kind=judge needs the pipeline's judge actor: it scores "
+                              "rollouts of a run (launch scripts), not here")
     raise ValueError(f"unknown reward kind {config.kind!r}")
 
 
-__all__ = ["MathVerifyRewardConfig", "PythonRewardConfig", "ReasoningGymRewardConfig",
+__all__ = ["JudgeRewardConfig", "JudgeRewards", "MathVerifyRewardConfig", "PythonRewardConfig", "ReasoningGymRewardConfig",
            "RewardConfig", "RewardResult", "RewardRunner", "build_reward", "math_verify_reward",
            "reasoning_gym_reward"]

@@ -40,7 +40,7 @@ import numbers
 import pickle
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from slipstream.errors import SlipstreamError, one_line
 
@@ -57,6 +57,7 @@ class RewardResult:
 
     score: float                   # 0.0 whenever `error` is set
     error: str | None = None       # None when the reward ran normally, else one line
+    parts: Mapping[str, float] = field(default_factory=dict)   # a rubric's verdicts (judge.py)
 
 
 def takes_metadata(fn: RewardFn) -> bool:
@@ -117,8 +118,10 @@ class RewardRunner:
         # A worker scores several groups from several threads; the child serves one at a time.
         self._lock = threading.Lock()
 
-    def score(self, items: Sequence[RewardItem]) -> list[RewardResult]:
-        """One result per item, in order."""
+    def score(self, items: Sequence[RewardItem], messages: Sequence[Mapping] = ()
+              ) -> list[RewardResult]:
+        """One result per item, in order. `messages` (the prompt's chat) is for the judge
+        (rewards/judge.py); a reward function sees what its signature takes, never the chat."""
         with self._lock:
             try:
                 return self._score_locked(list(items))

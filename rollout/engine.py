@@ -161,13 +161,15 @@ class VLLMEngine:
         `seed` makes the sample reproducible whatever else the engine runs (n=1 only: on the
         CPU a seed with n>1 kills the engine)."""
         from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         llm = self._engine()
+        constrained = StructuredOutputsParams(choice=list(sampling.choice)) \
+            if sampling.choice else None
         params = SamplingParams(
             n=1, temperature=sampling.temperature, top_p=sampling.top_p,
             max_tokens=sampling.max_tokens, ignore_eos=sampling.ignore_eos, logprobs=0,
-            seed=seed, output_kind=RequestOutputKind.DELTA)
+            seed=seed, output_kind=RequestOutputKind.DELTA, structured_outputs=constrained)
         await self._weights_ready.wait()
         prompt = {"prompt_token_ids": list(prompt_ids),
                   "cache_salt": f"slipstream-weights-{self._version}"}

@@ -24,6 +24,7 @@ class SamplingSettings:
     top_p: float = 1.0
     max_tokens: int = 48
     ignore_eos: bool = False   # for tests and benchmarks that need a fixed length
+    choice: tuple[str, ...] = ()   # vLLM's structured outputs: the text is one of these (a judge)
 
 
 @dataclass(frozen=True)

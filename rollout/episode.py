@@ -149,13 +149,15 @@ async def generate_episode_group(engine: Engine, tokenizer, rewards: RewardRunne
     to_score = [i for i, t in enumerate(transcripts)
                 if t.env_reward is None and t.env_error is None]
     scored = await asyncio.to_thread(rewards.score, [
-        (transcripts[i].last_turn_text, prompt.reference, prompt.metadata) for i in to_score])
+        (transcripts[i].last_turn_text, prompt.reference, prompt.metadata) for i in to_score],
+        prompt.messages)
     results = dict(zip(to_score, scored))
     samples = []
     for i, t in enumerate(transcripts):
         texts = token_texts(tokenizer, tuple(t.ids))
         reward, error = (results[i].score, results[i].error) if i in results else \
             (t.env_reward if t.env_error is None else 0.0, t.env_error)
+        parts = dict(results[i].parts) if i in results else {}
         samples.append(Sample(
             sample_id=f"{group_id}-{i}", group_id=group_id, prompt_id=prompt.prompt_id,
             prompt_ids=tuple(prompt_ids), completion_ids_T=tuple(t.ids),
@@ -163,7 +165,7 @@ async def generate_episode_group(engine: Engine, tokenizer, rewards: RewardRunne
             prompt_text=prompt_text,
             completion_text="".join(texts),      # turn markers kept: the turns stay readable
             finish_reason=t.finish_reason, reference=prompt.reference,
-            token_texts_T=texts, reward=reward, reward_error=error,
+            token_texts_T=texts, reward=reward, reward_error=error, reward_parts=parts,
             env_metadata={**prompt.metadata, "env_info": t.info}, worker_id=worker_id,
             prefix_recomputed=engine.recomputes_prefix, env_tokens_T=tuple(t.from_env),
             turns=t.turns))

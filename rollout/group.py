@@ -67,7 +67,8 @@ async def generate_group(engine: Engine, tokenizer, rewards: RewardRunner, promp
     # math-verify can hang on hostile input; the runner bounds it in another process, and the
     # wait happens off the event loop so generation of other groups continues meanwhile.
     results = await asyncio.to_thread(
-        rewards.score, [(c.text, prompt.reference, prompt.metadata) for c in completions])
+        rewards.score, [(c.text, prompt.reference, prompt.metadata) for c in completions],
+        prompt.messages)
     samples = tuple(
         Sample(
             sample_id=f"{group_id}-{i}", group_id=group_id, prompt_id=prompt.prompt_id,
@@ -75,7 +76,8 @@ async def generate_group(engine: Engine, tokenizer, rewards: RewardRunner, promp
             sampler_logprobs_T=c.logprobs, versions_T=c.versions, prompt_text=prompt_text,
             completion_text=c.text, finish_reason=c.finish_reason, reference=prompt.reference,
             token_texts_T=token_texts(tokenizer, c.token_ids),
-            reward=r.score, reward_error=r.error, env_metadata=dict(prompt.metadata),
+            reward=r.score, reward_error=r.error, reward_parts=dict(r.parts),
+            env_metadata=dict(prompt.metadata),
             worker_id=worker_id, prefix_recomputed=engine.recomputes_prefix,
         )
         for i, (c, r) in enumerate(zip(completions, results)))

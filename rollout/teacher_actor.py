@@ -1,9 +1,10 @@
-"""`TeacherActor`: a frozen model in its own engine, as a Ray actor every rollout worker shares.
+"""`TeacherActor`: a frozen model in its own engine, as a Ray actor every rollout worker shares:
+a teacher, or a rubric reward's judge (rewards/judge.py).
 
 It scores the student's exact token ids in one prefill (`Engine.score`: vLLM's
 `prompt_logprobs`, or the reference sampler's forward in deterministic mode, so a deterministic
-run's teacher is bitwise reproducible too), and generates a debate's arguments. It holds no
-weights transfer: a teacher's weights never change, so its scores never go stale (version 0).
+run's teacher is bitwise reproducible too), and generates a debate's arguments and a judge's
+verdicts. It holds no weights transfer: a teacher's weights never change, so its scores never go stale (version 0).
 """
 
 from __future__ import annotations
@@ -54,6 +55,18 @@ class TeacherActor:
                        request_id: str) -> Completion:
         return await self._engine.generate(prompt_ids, SamplingSettings(max_tokens=max_tokens),
                                            seed, request_id)
+
+    async def generate_many(self, prompts: list[list[int]], max_tokens: int, request_id: str,
+                            choices: list[tuple[str, ...]] | None = None) -> list[str]:
+        """Each prompt's greedy answer text, concurrently (a judge's verdicts); `choices[i]`,
+        when not empty, the texts prompt i's answer must be one of."""
+        choices = choices or [()] * len(prompts)
+        completions = await asyncio.gather(*(
+            self._engine.generate(ids, SamplingSettings(temperature=0.0, max_tokens=max_tokens,
+                                                        choice=tuple(choice)),
+                                  0, f"{request_id}-{i}")
+            for i, (ids, choice) in enumerate(zip(prompts, choices, strict=True))))
+        return [c.text for c in completions]
 
     async def shutdown(self) -> None:
         await self._engine.shutdown()

@@ -1,6 +1,6 @@
 """The rollout worker: a Ray actor that owns one vLLM `AsyncLLM` and never stops generating.
 
-    run():  groups_in_flight loops, each:  ticket <- buffer.acquire_ticket()   (waits: backpressure,
+    run():  groups_in_flight loops, each:  ticket <- buffer.acquire_work()     (waits: backpressure,
                                                                                 staleness bound)
                                            index  <- ticket, or the curriculum's pick
                                                      (buffer.prompt_index)
@@ -8,6 +8,8 @@
                                                      (episodes when the env takes turns)
                                            group  <- teacher.score(group)   (distillation only)
                                            buffer.put(ticket, group)
+            or, while no ticket may start:  explore an unsolved prompt with explore_k samples
+                                            (the curriculum's exploration; buffer.explored)
     weight sync, as the learner's client drives it (rollout/sync_client.py):
         init_weight_transfer (once) ; begin_update: pause, in-flight requests kept ;
         receive_weights ; finish_update: label the version, resume ; fingerprint
@@ -25,7 +27,7 @@ import ray
 
 from slipstream.envs import EnvConfig, build_env
 from slipstream.model_config import ModelConfig
-from slipstream.rewards import RewardConfig, RewardRunner, build_reward
+from slipstream.rewards import JudgeRewards, RewardConfig, RewardRunner, build_reward
 from slipstream.rollout.config import RolloutConfig
 from slipstream.rollout.engine_api import build_engine
 from slipstream.rollout.episode import rollout_group
@@ -40,18 +42,26 @@ class RolloutWorker:
     def __init__(self, model: ModelConfig, rollout: RolloutConfig, env: EnvConfig,
                  reward: RewardConfig, buffer, *, seed: int, deterministic: bool,
                  worker_id: int, weight_transfer: str, teacher: TeacherConfig | None = None,
-                 teacher_actors: dict | None = None, curriculum: bool = False) -> None:
+                 teacher_actors: dict | None = None, curriculum: bool = False,
+                 explore_k: int = 0, judge=None) -> None:
         """`teacher_actors`: each teacher member's TeacherActor by name (rollout/teachers.py);
         a live self-teacher scores on this worker's own engine. `curriculum`: the buffer picks
-        each ticket's prompt (envs/curriculum.py); else ticket k is prompt k."""
+        each ticket's prompt (envs/curriculum.py); else ticket k is prompt k. `explore_k`: the
+        samples of an exploration group. `judge`: the judge's actor for reward.kind=judge."""
         self._model, self._rollout = model, rollout
         self._teacher_config, self._teacher_actors = teacher, teacher_actors or {}
         self._teacher: GroupTeacher | None = None
         self._seed, self._worker_id, self._curriculum = seed, worker_id, curriculum
+        self._explore_rollout = rollout.model_copy(update={"group_size": explore_k})
         self._buffer = buffer
         self._engine = build_engine(model, rollout, seed, deterministic, weight_transfer)
         self._env = build_env(env, seed=seed)
-        self._rewards = RewardRunner(build_reward(reward), timeout_s=reward.timeout_s)
+        if reward.kind == "judge":
+            from transformers import AutoTokenizer
+
+            self._rewards = JudgeRewards(reward, judge, AutoTokenizer.from_pretrained(reward.model))
+        else:
+            self._rewards = RewardRunner(build_reward(reward), timeout_s=reward.timeout_s)
         self._tokenizer = None
 
     async def start(self) -> None:
@@ -84,9 +94,13 @@ class RolloutWorker:
 
     async def _loop(self) -> None:
         while True:
-            ticket = await self._buffer.acquire_ticket.remote(self._worker_id)
-            if ticket is None:
+            work = await self._buffer.acquire_work.remote(self._worker_id)
+            if work is None:
                 return
+            kind, ticket = work
+            if kind == "explore":
+                await self._explore(index=ticket)
+                continue
             index = await self._buffer.prompt_index.remote(ticket) if self._curriculum else ticket
             prompt = self._env.prompt(index)
             group = await rollout_group(self._engine, self._tokenizer, self._rewards, self._env,
@@ -95,6 +109,15 @@ class RolloutWorker:
             if self._teacher is not None:   # scored here, so the learner never waits for it
                 group = await self._teacher.score(group, prompt)
             await self._buffer.put.remote(ticket, group)
+
+    async def _explore(self, index: int) -> None:
+        """`explore_k` samples of prompt `index`, scored and reported; never trained on. Their
+        seeds and ids use ticket -1 - index, which no group of the run has."""
+        prompt = self._env.prompt(index)
+        group = await rollout_group(self._engine, self._tokenizer, self._rewards, self._env,
+                                    prompt, -1 - index, self._explore_rollout, self._seed,
+                                    self._worker_id)
+        await self._buffer.explored.remote(index, list(group.rewards_G), dict(prompt.metadata))
 
     # -- the weight sync, one call per step of vLLM's protocol (rollout/sync_client.py) ----
     async def init_weight_transfer(self, init_info: dict) -> None:

@@ -71,6 +71,11 @@ def test_switching_env_kind_replaces_the_branch():
      "optimizer muon with ZeRO stage 1 needs grad_clip 0"),
     (["--trainer.optimizer.kind", "sgd"], "trainer.optimizer"),
     (["--rollout.max-new-tokens", "100000"], "leaves no room for a prompt"),
+    (["--curriculum.explore-k", "32"], "set curriculum.kind=edge"),
+    (["--curriculum.kind", "edge", "--curriculum.explore-k", "4"],
+     "explore_k (4) must exceed rollout.group_size (8)"),
+    (["--curriculum.kind", "edge", "--curriculum.explore-k", "32", "--buffer.schedule",
+      "pinned"], "which buffer.schedule=pinned exists to rule out"),
 ])
 def test_bad_values_name_the_field(argv, fragment):
     with pytest.raises(SlipstreamError) as error:

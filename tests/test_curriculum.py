@@ -98,3 +98,56 @@ def test_state_round_trips_through_json_and_picks_go_on_the_same():
 def test_a_key_no_prompt_has_is_one_line():
     with pytest.raises(SlipstreamError, match="curriculum.key 'task' is in no prompt"):
         EdgeCurriculum(CONFIG.model_copy(update={"key": "task"}), LevelledEnv(), seed=0)
+
+
+EXPLORING = CONFIG.model_copy(update={"explore_k": 16})
+
+
+def test_exploration_draws_only_unsolved_buckets_and_keeps_only_a_success():
+    curriculum = EdgeCurriculum(EXPLORING, LevelledEnv(), seed=0)
+    assert curriculum.explore_index() is None            # every bucket new: nothing unsolved
+    _feed(curriculum, 0, [[True, False]] * 2)            # edge
+    _feed(curriculum, 1, [[True] * 2] * 2)               # mastered
+    _feed(curriculum, 2, [[False] * 2] * 2)              # unsolved
+    explored = [curriculum.explore_index() for _ in range(5)]
+    assert [i % 3 for i in explored] == [2] * 5 and len(set(explored)) == 5
+    # A group without a success is discarded: the bucket stays unsolved.
+    assert not curriculum.observe_exploration(explored[0], [0.0] * 16, {"level": 2})
+    assert curriculum.weights()["2"] == 0.1
+    # One success keeps it: the bucket is at the edge, and its prompt is the next ticket's.
+    assert curriculum.observe_exploration(explored[1], [0.0] * 15 + [1.0], {"level": 2})
+    assert curriculum.weights()["2"] == 1.0
+    assert curriculum.index_for(100) == explored[1]
+    assert curriculum.index_for(101) not in explored     # the found queue is spent
+    metrics = curriculum.metrics()
+    assert (metrics["curriculum/explore/groups"], metrics["curriculum/explore/kept"]) == (2, 1)
+
+
+def test_exploration_leaves_the_regular_draws_as_they_were():
+    plain, exploring = (EdgeCurriculum(c, LevelledEnv(), seed=5) for c in (CONFIG, EXPLORING))
+    for curriculum in (plain, exploring):
+        _feed(curriculum, 2, [[False] * 2] * 2)
+    exploring.explore_index()                            # takes a level-2 prompt off the stream
+    levels = [[c._env.prompt(c.index_for(t)).metadata["level"] for t in range(40)]
+              for c in (plain, exploring)]
+    assert levels[0] == levels[1]
+    assert "curriculum/explore/groups" not in plain.metrics()
+
+
+def test_exploration_state_survives_a_checkpoint():
+    first = EdgeCurriculum(EXPLORING, LevelledEnv(), seed=2)
+    _feed(first, 0, [[False] * 2] * 2)
+    _feed(first, 2, [[False] * 2] * 2)
+    first.observe_exploration(first.explore_index(), [0.0] * 16, {"level": 0})
+    second = EdgeCurriculum(EXPLORING, LevelledEnv(), seed=7)
+    second.restore(json.loads(json.dumps(first.state())))
+    picks = [first.explore_index() for _ in range(8)]
+    assert [second.explore_index() for _ in range(8)] == picks
+    assert {i % 3 for i in picks} == {0, 2}              # the generator chose, and alike
+    found = picks[0]
+    first.observe_exploration(found, [1.0] + [0.0] * 15, {"level": found % 3})
+    third = EdgeCurriculum(EXPLORING, LevelledEnv(), seed=7)
+    third.restore(json.loads(json.dumps(first.state())))
+    assert third.index_for(0) == found
+    assert (third.metrics()["curriculum/explore/groups"],
+            third.metrics()["curriculum/explore/kept"]) == (2, 1)

@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from e2e_helpers import ROOT, launch, read_metrics
 
 
@@ -18,6 +20,7 @@ def test_countdown_trains_on_reasoning_gym_scored_by_its_own_scorer(tiny_model, 
     result = launch("countdown.py", tiny_model, out, "--steps", "2",
                     "--reward.kind", "reasoning_gym", "--env.levels", "[0, 1]",
                     "--curriculum.kind", "edge", "--curriculum.min-groups", "1",
+                    "--curriculum.explore-k", "8",
                     "--model.max-model-len", "1024")   # the tiny tokenizer spends many tokens
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_metrics(out)
@@ -28,6 +31,9 @@ def test_countdown_trains_on_reasoning_gym_scored_by_its_own_scorer(tiny_model, 
     assert last["curriculum/0/picks"] + last["curriculum/1/picks"] >= 4
     measured = [last[k] for k in ("curriculum/0/passk", "curriculum/1/passk") if k in last]
     assert measured and set(measured) == {0.0}
+    # While the workers waited for the learner they explored unsolved levels at k = 8, and
+    # kept nothing (no sample succeeds); exploration samples never reach the learner.
+    assert last["curriculum/explore/groups"] >= 1 and last["curriculum/explore/kept"] == 0
     samples = _samples(out)
     assert len(samples) == 2 * 2 * 4
     for sample in samples:
@@ -91,3 +97,23 @@ def test_tools_script_runs_on_the_real_stack(tiny_model, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     samples = _samples(out)
     assert len(samples) == 2 * 4 and all(s["turns"] >= 1 for s in samples)
+
+
+def test_a_rubric_judged_by_smollm2_scores_every_sample_with_its_parts(tiny_model, tmp_path):
+    """Mechanics, not quality: the shipped SmolLM2 judges in its own engine actor, held to the
+    allowed verdicts by vLLM's structured outputs; every sample's reward is the weighted mean
+    of its verdicts. (Unparseable verdicts, time-outs and a dead judge: tests/test_judge.py.)"""
+    out = tmp_path / "run"
+    rubric = [{"name": "number", "question": "Does the response contain a number?",
+               "weight": 3}, {"name": "clarity", "question": "How clear is it?", "points": 3}]
+    result = launch("quickstart.py", tiny_model, out, "--steps", "2", "--reward.kind", "judge",
+                    "--reward.criteria", json.dumps(rubric), "--reward.timeout-s", "300")
+    assert result.returncode == 0, result.stderr[-3000:]
+    samples = _samples(out)
+    assert len(samples) == 2 * 2 * 4
+    for sample in samples:
+        parts = sample["reward_parts"]
+        assert sample["reward_error"] is None and set(parts) == {"number", "clarity"}
+        assert sample["reward"] == pytest.approx((3 * parts["number"] + parts["clarity"]) / 4)
+        assert parts["number"] in (0.0, 1.0) and parts["clarity"] * 3 in (0, 1, 2, 3)
+    assert sum(m["reward/errors"] for m in read_metrics(out)) == 0
