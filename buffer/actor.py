@@ -26,8 +26,9 @@ from slipstream.buffer.snapshots import append_evictions, write_snapshot
 
 class IdleClock:
     """Seconds in which no group was being generated: every worker waited for a ticket (held
-    back by max_lag or the pinned schedule) and none explored, so the engines' cores sat idle. Counted from the
-    first ticket handed out (the engines' start-up is not idleness the learner can use)."""
+    back by max_lag or the pinned schedule) and none explored, so the engines' cores sat idle.
+    Counted from the first ticket handed out (the engines' start-up is not idleness the learner
+    can use)."""
 
     def __init__(self) -> None:
         self._idle_total = 0.0
