@@ -16,6 +16,8 @@ from slipstream.rewards import RewardConfig
 from slipstream.rollout.teacher_actor import TeacherActor, vocabulary_signature
 from slipstream.rollout.teachers import context_function
 
+_RUBRIC_TOKENS = 256       # a judge prompt's own words around the task and the response
+
 
 def teacher_paths(config: RunConfig, student: ModelConfig) -> dict[str, list[str]]:
     """Resolved checkpoint -> the members scoring with it. A frozen self-teacher is the student's
@@ -81,9 +83,11 @@ def start_judge(config: RunConfig, student: ModelConfig
     if reward.kind != "judge":
         return None, reward
     reward = reward.model_copy(update={"model": resolve_model(reward.model)})
+    # The judge reads the prompt and the response, in its own tokens, and the rubric's text.
+    context = 2 * student.max_model_len + _RUBRIC_TOKENS
     judge = TeacherActor.options(num_cpus=0).remote(
-        student.model_copy(update={"path": reward.model}), reward.kv_cache_gb, config.seed,
-        False)
+        student.model_copy(update={"path": reward.model, "max_model_len": context}),
+        reward.kv_cache_gb, config.seed, False)
     try:
         ray.get(judge.start.remote(), timeout=600)
     except (RayTaskError, RayActorError) as error:

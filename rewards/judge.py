@@ -24,8 +24,10 @@ Choices:
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -138,7 +140,9 @@ class JudgeRewards:
         """`judge`: the judge's TeacherActor handle; `tokenizer`: the judge's tokenizer."""
         self._config, self._judge, self._tokenizer = config, judge, tokenizer
         self.restarts = 0            # RewardRunner's counter: a judge actor is never replaced
-        self._calls = 0
+        self._calls = itertools.count()   # next() is atomic: groups score from several threads
+        # Request ids must be unique in the judge's engine, which every worker process shares.
+        self._caller = uuid.uuid4().hex[:12]
 
     def score(self, items: Sequence[RewardItem], messages: Sequence[Mapping] = ()
               ) -> list[RewardResult]:
@@ -148,13 +152,12 @@ class JudgeRewards:
 
         task = task_text(messages)
         criteria = self._config.criteria
-        self._calls += 1
         prompts = [self._ids(judge_messages(c, task, item[0], item[1]))
                    for item in items for c in criteria]
         choices = [allowed_verdicts(c.points) if self._config.constrain else ()
                    for _ in items for c in criteria]
         ref = self._judge.generate_many.remote(prompts, self._config.max_tokens,
-                                                f"judge-{id(self)}-{self._calls}", choices)
+                                                f"judge-{self._caller}-{next(self._calls)}", choices)
         started = time.monotonic()
         try:
             texts = ray.get(ref, timeout=self._config.timeout_s)
