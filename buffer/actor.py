@@ -70,6 +70,7 @@ class ReplayBufferActor:
         self._evictions_logged = 0        # lines in evictions.jsonl (a resume cuts it there)
         self._holder: dict[int, int] = {}  # ticket in flight -> the worker generating it
         self._exploring: dict[int, int] = {}  # prompt explored now -> the worker exploring it
+        self._explored_this_step = 0          # exploration groups started since the last batch
         self._idle = IdleClock()            # while no ticket is held
         self._curriculum = None
         if curriculum is not None:
@@ -103,6 +104,7 @@ class ReplayBufferActor:
                 index = self._explore_index()
                 if index is not None:
                     self._exploring[index] = worker_id
+                    self._explored_this_step += 1
                     self._idle.busy()
                     return "explore", index
                 await self._changed.wait()
@@ -111,7 +113,7 @@ class ReplayBufferActor:
     def _explore_index(self) -> int | None:
         curriculum = self._curriculum
         if curriculum is None or not curriculum.config.explore_k or \
-                len(self._exploring) >= curriculum.config.explore_in_flight:
+                self._explored_this_step >= curriculum.config.explore_per_step:
             return None
         return curriculum.explore_index()
 
@@ -172,6 +174,7 @@ class ReplayBufferActor:
                     batch = self._buffer.take_batch(learner_version)
                     self._log_evictions()
                     if batch is not None:
+                        self._explored_this_step = 0
                         self._changed.notify_all()   # freed capacity: workers may go on
                         return batch
                     await self._changed.wait()

@@ -69,8 +69,9 @@ class CurriculumConfig(BaseModel):
     explore_k: int = Field(0, ge=0, le=256, description=(
         "Samples per exploration group, drawn on idle worker capacity from unsolved buckets "
         "(more than rollout.group_size); 0: no exploration."))
-    explore_in_flight: int = Field(1, ge=1, le=64, description=(
-        "Exploration groups generated at once, over all workers."))
+    explore_per_step: int = Field(1, ge=1, le=64, description=(
+        "Exploration groups started per learner step at most, over all workers: on a machine "
+        "where engines and learner share cores, the engines' idle time is the learner's."))
 
 
 def bucket_status(results: Sequence[Sequence[bool]], config: CurriculumConfig) -> str:
