@@ -73,6 +73,7 @@ def build_reward(config: RewardConfig) -> Callable[..., float]:
     raise ValueError(f"unknown reward kind {config.kind!r}")
 
 
-__all__ = ["JudgeRewardConfig", "JudgeRewards", "MathVerifyRewardConfig", "PythonRewardConfig", "ReasoningGymRewardConfig",
+__all__ = ["JudgeRewardConfig", "JudgeRewards", "MathVerifyRewardConfig", "PythonRewardConfig",
+           "ReasoningGymRewardConfig",
            "RewardConfig", "RewardResult", "RewardRunner", "build_reward", "math_verify_reward",
            "reasoning_gym_reward"]

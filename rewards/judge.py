@@ -12,14 +12,15 @@ Choices:
   them), answered greedily in a few tokens: "yes"/"no" for a criterion of 1 point, a whole
   number from 0 to `points` for a scale. By default vLLM's structured outputs hold the judge to
   exactly those answers (a small judge otherwise tends to chat: "The response contains a
-  number."); `constrain false` lets it write freely, and its first word is parsed. The judge sees the task (the prompt's last user
-  message), the reference answer when the env has one, the response and the criterion.
+  number."); `constrain false` lets it write freely, and its first word is parsed. The judge
+  sees the task (the prompt's last user message), the reference answer when the env has one,
+  the response and the criterion.
 - The reward is the weighted mean of the criteria's verdicts, each scaled to [0, 1]; every
   verdict is kept in the sample's `reward_parts` (the inspector lists them).
 - Failure follows rewards/runner.py's policy: a verdict that does not parse, or a judge that
-  does not answer within `timeout_s` (then for the whole group), makes the completion's reward 0.0 with the reason in its
-  `reward_error` (so `reward/errors` counts it), the verdicts that did parse still in its parts;
-  the run goes on.
+  does not answer within `timeout_s` (then for the whole group), makes the completion's reward
+  0.0 with the reason in its `reward_error` (so `reward/errors` counts it), the verdicts that
+  did parse still in its parts; the run goes on.
 """
 
 from __future__ import annotations
@@ -110,8 +111,8 @@ def parse_verdict(text: str, points: int) -> float | None:
 
 
 def rubric_score(criteria: Sequence[JudgeCriterion], verdicts: Sequence[str]
-                 ) -> tuple[RewardResult, dict[str, float]]:
-    """(the reward, the parts that parsed) from one verdict text per criterion."""
+                 ) -> RewardResult:
+    """The reward, with the parts that parsed, from one verdict text per criterion."""
     parts: dict[str, float] = {}
     unparsed: list[str] = []
     for criterion, text in zip(criteria, verdicts, strict=True):
@@ -121,9 +122,10 @@ def rubric_score(criteria: Sequence[JudgeCriterion], verdicts: Sequence[str]
         else:
             parts[criterion.name] = value
     if unparsed:
-        return RewardResult(0.0, "judge verdict unparseable (" + "; ".join(unparsed) + ")"), parts
+        return RewardResult(0.0, "judge verdict unparseable (" + "; ".join(unparsed) + ")",
+                            parts)
     total = sum(c.weight for c in criteria)
-    return RewardResult(sum(c.weight * parts[c.name] for c in criteria) / total), parts
+    return RewardResult(sum(c.weight * parts[c.name] for c in criteria) / total, None, parts)
 
 
 def task_text(messages: Sequence[Mapping[str, str]]) -> str:
@@ -156,8 +158,9 @@ class JudgeRewards:
                    for item in items for c in criteria]
         choices = [allowed_verdicts(c.points) if self._config.constrain else ()
                    for _ in items for c in criteria]
-        ref = self._judge.generate_many.remote(prompts, self._config.max_tokens,
-                                                f"judge-{self._caller}-{next(self._calls)}", choices)
+        request_id = f"judge-{self._caller}-{next(self._calls)}"
+        ref = self._judge.generate_many.remote(prompts, self._config.max_tokens, request_id,
+                                                choices)
         started = time.monotonic()
         try:
             texts = ray.get(ref, timeout=self._config.timeout_s)
@@ -168,11 +171,9 @@ class JudgeRewards:
         except RayError as failure:
             error = f"judge failed: {str(failure).splitlines()[0][:200]}"
             return [RewardResult(0.0, error) for _ in items]
-        results = []
-        for i in range(len(items)):
-            result, parts = rubric_score(criteria, texts[i * len(criteria):(i + 1) * len(criteria)])
-            results.append(RewardResult(result.score, result.error, parts))
-        return results
+        per_item = len(criteria)
+        return [rubric_score(criteria, texts[i * per_item:(i + 1) * per_item])
+                for i in range(len(items))]
 
     def _ids(self, messages: list[dict[str, str]]) -> list[int]:
         text = self._tokenizer.apply_chat_template(messages, tokenize=False,

@@ -4,7 +4,8 @@ a teacher, or a rubric reward's judge (rewards/judge.py).
 It scores the student's exact token ids in one prefill (`Engine.score`: vLLM's
 `prompt_logprobs`, or the reference sampler's forward in deterministic mode, so a deterministic
 run's teacher is bitwise reproducible too), and generates a debate's arguments and a judge's
-verdicts. It holds no weights transfer: a teacher's weights never change, so its scores never go stale (version 0).
+verdicts. It holds no weights transfer: a teacher's weights never change, so its scores never
+go stale (version 0).
 """
 
 from __future__ import annotations

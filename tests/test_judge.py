@@ -34,13 +34,15 @@ def test_every_verdict_the_constrained_judge_may_give_parses(points):
 
 
 def test_the_reward_is_the_weighted_mean_of_the_verdicts():
-    result, parts = rubric_score(RUBRIC, ["yes", "2"])
+    result = rubric_score(RUBRIC, ["yes", "2"])
+    parts = result.parts
     assert parts == {"correct": 1.0, "clarity": 0.5}
     assert result.error is None and result.score == pytest.approx((3 * 1.0 + 1 * 0.5) / 4)
 
 
 def test_an_unparseable_verdict_scores_zero_names_the_criterion_and_keeps_the_rest():
-    result, parts = rubric_score(RUBRIC, ["The response is", "1"])
+    result = rubric_score(RUBRIC, ["The response is", "1"])
+    parts = result.parts
     assert result.score == 0.0 and parts == {"clarity": 0.25}
     assert "correct: 'The response is'" in result.error and "\n" not in result.error
 
